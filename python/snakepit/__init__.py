@@ -1,0 +1,27 @@
+"""Snakepit's Python runtime: mark functions the host may call.
+
+    import snakepit
+
+    @snakepit.function
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @snakepit.function(name="stream")
+    def count(n: int, ctx: snakepit.Context):
+        for i in range(n):
+            if ctx.cancelled:
+                return
+            yield i
+
+The host runs `python -m snakepit._worker --module NAME ...`, which imports
+the modules and serves their functions (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from ._context import Context
+from ._registry import catalogue, function, on_start
+
+__all__ = ["Context", "__version__", "catalogue", "function", "on_start"]
+
+__version__ = "0.1.0"

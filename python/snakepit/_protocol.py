@@ -1,0 +1,274 @@
+"""Frames of the host <-> worker protocol; docs/protocol.md is the spec.
+
+Every frame is a 20-byte little-endian prefix (`PREFIX`), a msgpack map
+header and an opaque body. `FrameReader` reads frames from one socket,
+`FrameWriter` writes them; both keep copies of large bodies to a minimum.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+import threading
+from typing import (AbstractSet, Any, Dict, List, NamedTuple, Optional,
+                    Sequence)
+
+from ._codec import Codec, DecodeError
+
+__all__ = [
+    "CHANNEL_FD",
+    "CONTROL_FD",
+    "ChannelClosed",
+    "DEFAULT_MAX_PAYLOAD",
+    "Frame",
+    "FrameReader",
+    "FrameType",
+    "FrameWriter",
+    "MAX_BODY_LEN",
+    "MAX_HEADER_LEN",
+    "PREFIX",
+    "PROTOCOL_VERSION",
+    "ProtocolError",
+    "Reason",
+]
+
+PROTOCOL_VERSION = 1
+
+# type, flags, reserved, header_len, body_len, id.
+PREFIX = struct.Struct("<BBHIIQ")
+
+CHANNEL_FD = 3
+CONTROL_FD = 4
+
+MAX_HEADER_LEN = 1 << 20
+DEFAULT_MAX_PAYLOAD = 256 << 20
+MAX_BODY_LEN = (1 << 32) - 1  # What `body_len` can hold.
+
+
+class FrameType(enum.IntEnum):
+    """Frame types, numbered as in docs/protocol.md."""
+
+    HELLO = 1
+    READY = 2
+    FATAL = 3
+    CALL = 10
+    RESULT = 11
+    ERROR = 12
+    CHUNK = 13
+    LOG = 14
+    CANCEL = 20
+    PING = 21
+    PONG = 22
+    GOODBYE = 30
+
+
+class Reason:
+    """Stable error reasons (docs/protocol.md, "Reasons")."""
+
+    PYTHON_EXCEPTION = "python_exception"
+    INVALID_ARGUMENT = "invalid_argument"
+    SERIALIZATION_ERROR = "serialization_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    PAYLOAD_TOO_DEEP = "payload_too_deep"
+    UNKNOWN_FUNCTION = "unknown_function"
+    CANCELLED = "cancelled"
+    IMPORT_ERROR = "import_error"
+    START_HOOK_FAILED = "start_hook_failed"
+    PROTOCOL_ERROR = "protocol_error"
+
+
+class ProtocolError(Exception):
+    """The peer sent a frame that cannot be read; the stream is lost."""
+
+
+class ChannelClosed(Exception):
+    """The peer closed the socket or it failed: the peer is gone."""
+
+
+class Frame(NamedTuple):
+    """One received frame.
+
+    `header` and `body` are valid only until the reader's next `read()`:
+    `body` is a view into the reader's buffer. `body` is None when the
+    body was longer than the reader's `max_body` and was skipped;
+    `body_len` always gives its length.
+    """
+
+    type: int
+    id: int
+    header: Dict[Any, Any]
+    body: Optional[memoryview]
+    body_len: int
+
+
+_INITIAL_BUFFER = 64 << 10
+# A buffer grown past this for one large frame is dropped afterwards, so
+# an idle worker does not keep a payload-sized buffer.
+_KEEP_BUFFER = 16 << 20
+
+
+class FrameReader:
+    """Reads frames from a stream socket into one reusable buffer.
+
+    Not thread-safe: exactly one thread reads each socket. A read may take
+    bytes of the next frame along; they stay in the buffer for later.
+    """
+
+    def __init__(self, sock: socket.socket, codec: Codec,
+                 allowed: AbstractSet[int],
+                 max_body: int = MAX_BODY_LEN) -> None:
+        self._sock = sock
+        self._codec = codec
+        self._allowed = allowed
+        self._max_body = max_body
+        self._new_buffer(_INITIAL_BUFFER)
+
+    def _new_buffer(self, size: int) -> None:
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+
+    def read(self) -> Frame:
+        """Returns the next frame.
+
+        Raises ChannelClosed at end of stream or on a socket error, and
+        ProtocolError for a frame that cannot be read.
+        """
+        if self._start == self._end and len(self._buf) > _KEEP_BUFFER:
+            self._new_buffer(_INITIAL_BUFFER)
+        self._fill(PREFIX.size)
+        ftype, flags, _, header_len, body_len, fid = PREFIX.unpack_from(
+            self._buf, self._start)
+        self._check_prefix(ftype, flags, header_len)
+        if body_len > self._max_body:
+            return self._read_skipping_body(ftype, fid, header_len, body_len)
+
+        total = PREFIX.size + header_len + body_len
+        self._fill(total)
+        start = self._start + PREFIX.size
+        header = self._decode_header(start, header_len)
+        body_start = start + header_len
+        body = self._view[body_start:body_start + body_len]
+        self._consume(total)
+        return Frame(ftype, fid, header, body, body_len)
+
+    def _check_prefix(self, ftype: int, flags: int, header_len: int) -> None:
+        if flags != 0:
+            raise ProtocolError(f"frame flags are 0x{flags:02x}, expected 0")
+        if ftype not in self._allowed:
+            raise ProtocolError(f"unexpected frame type {ftype}")
+        if header_len > MAX_HEADER_LEN:
+            raise ProtocolError(f"frame header of {header_len} bytes exceeds "
+                                f"the {MAX_HEADER_LEN}-byte limit")
+
+    def _decode_header(self, start: int, length: int) -> Dict[Any, Any]:
+        if length == 0:
+            return {}
+        try:
+            header = self._codec.decode(self._view[start:start + length])
+        except DecodeError as exc:
+            raise ProtocolError(f"frame header is not msgpack: "
+                                f"{exc.message}") from None
+        if type(header) is not dict:
+            raise ProtocolError(f"frame header is a "
+                                f"{type(header).__name__}, not a map")
+        return header
+
+    def _read_skipping_body(self, ftype: int, fid: int, header_len: int,
+                            body_len: int) -> Frame:
+        """Reads the prefix and header of a frame, discarding its body."""
+        self._fill(PREFIX.size + header_len)
+        header = self._decode_header(self._start + PREFIX.size, header_len)
+        self._consume(PREFIX.size + header_len)
+        left = body_len
+        while left:
+            if self._start == self._end:
+                self._start = self._end = 0
+                self._recv_some()
+            skipped = min(left, self._end - self._start)
+            self._consume(skipped)
+            left -= skipped
+        return Frame(ftype, fid, header, None, body_len)
+
+    def _consume(self, count: int) -> None:
+        self._start += count
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _fill(self, count: int) -> None:
+        """Makes the buffer hold at least `count` unread bytes."""
+        if self._end - self._start >= count:
+            return
+        if self._start + count > len(self._buf):
+            self._make_room(count)
+        while self._end - self._start < count:
+            self._recv_some()
+
+    def _make_room(self, count: int) -> None:
+        """Moves unread bytes to the front, into a bigger buffer if needed."""
+        unread = self._end - self._start
+        if count <= len(self._buf):
+            self._view[:unread] = self._view[self._start:self._end]
+            self._start, self._end = 0, unread
+            return
+        old_view, old_start = self._view, self._start
+        self._new_buffer(max(count, _INITIAL_BUFFER))
+        self._view[:unread] = old_view[old_start:old_start + unread]
+        self._end = unread
+
+    def _recv_some(self) -> None:
+        try:
+            got = self._sock.recv_into(self._view[self._end:])
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if got == 0:
+            raise ChannelClosed("end of stream")
+        self._end += got
+
+
+class FrameWriter:
+    """Writes frames to a stream socket.
+
+    Thread-safe: a lock keeps frames whole when several threads write (the
+    main thread's results, a user thread's `ctx.logger` records).
+    """
+
+    def __init__(self, sock: socket.socket, codec: Codec) -> None:
+        self._sock = sock
+        self._codec = codec
+        self._lock = threading.Lock()
+
+    def send(self, ftype: int, fid: int,
+             header: Optional[Dict[str, Any]] = None,
+             body: Sequence[Any] = ()) -> None:
+        """Sends one frame; `body` is a list of bytes-like pieces.
+
+        Raises ChannelClosed if the peer is gone.
+        """
+        head = self._codec.encode(header) if header else b""
+        body_len = 0
+        for piece in body:
+            body_len += memoryview(piece).nbytes
+        if body_len > MAX_BODY_LEN:
+            raise ValueError(f"frame body of {body_len} bytes cannot be "
+                             f"framed")
+        buffers = [PREFIX.pack(ftype, 0, 0, len(head), body_len, fid) + head]
+        buffers.extend(body)
+        with self._lock:
+            _send_all(self._sock, buffers)
+
+
+def _send_all(sock: socket.socket, buffers: List[Any]) -> None:
+    """Sends every buffer in order, however the kernel splits the write."""
+    try:
+        while True:
+            sent = sock.sendmsg(buffers)
+            while buffers and sent >= memoryview(buffers[0]).nbytes:
+                sent -= memoryview(buffers.pop(0)).nbytes
+            if not buffers:
+                return
+            buffers[0] = memoryview(buffers[0]).cast("B")[sent:]
+    except OSError as exc:
+        raise ChannelClosed(str(exc)) from exc

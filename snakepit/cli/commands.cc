@@ -1,0 +1,208 @@
+#include "snakepit/cli/commands.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "snakepit/base/status.h"
+#include "snakepit/base/value.h"
+#include "snakepit/pool/pool.h"
+
+namespace snakepit::cli {
+namespace {
+
+void PrintError(const absl::Status& status) {
+  std::cerr << DescribeError(status) << "\n";
+  PythonDetails details = PythonDetailsOf(status);
+  if (!details.path.empty()) {
+    std::cerr << "at " << details.path << "\n";
+  }
+  if (!details.traceback.empty()) {
+    std::cerr << details.traceback;
+    if (details.traceback.back() != '\n') {
+      std::cerr << "\n";
+    }
+  }
+}
+
+// Builds the call's arguments from --json and -a. A -a value is read as
+// JSON when it parses (`-a n=5` is the number 5), else as a string.
+absl::StatusOr<Value> BuildArgs(const CallFlags& flags) {
+  Value args = nullptr;
+  if (!flags.json_args.empty()) {
+    absl::StatusOr<Value> parsed = ParseJson(flags.json_args);
+    if (!parsed.ok()) {
+      return ReasonError(reason::kInvalidArgument,
+                         absl::StrCat("--json: ", parsed.status().message()));
+    }
+    args = std::move(*parsed);
+    if (!args.is_object() && !args.is_array()) {
+      return ReasonError(reason::kInvalidArgument,
+                         "--json must be an object (keyword arguments) or "
+                         "an array (positional arguments)");
+    }
+  }
+  for (const std::string& assign : flags.assigns) {
+    size_t eq = assign.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return ReasonError(reason::kInvalidArgument,
+                         absl::StrCat("-a ", assign, ": expected key=value"));
+    }
+    if (args.is_array()) {
+      return ReasonError(reason::kInvalidArgument,
+                         "-a cannot add keywords to positional --json");
+    }
+    std::string text = assign.substr(eq + 1);
+    absl::StatusOr<Value> value = ParseJson(text);
+    args[assign.substr(0, eq)] = value.ok() ? *value : Value(text);
+  }
+  return args;
+}
+
+absl::StatusOr<std::unique_ptr<Pool>> StartPool(const PoolFlags& flags) {
+  PoolOptions options;
+  options.name = "cli";
+  options.modules = flags.modules;
+  options.search_paths = flags.paths;
+  options.python = flags.python;
+  options.size = flags.workers;
+  options.startup_timeout = flags.startup_timeout;
+  return Pool::Start(std::move(options));
+}
+
+std::string Cell(const Value& v) {
+  return v.is_string() ? v.get<std::string>() : ToJson(v);
+}
+
+// A map prints as KEY VALUE rows; an array of maps as a table with one
+// column per key; anything else as JSON.
+void PrintTable(const Value& value) {
+  if (value.is_object()) {
+    size_t width = 0;
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      width = std::max(width, it.key().size());
+    }
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      std::printf("%-*s  %s\n", static_cast<int>(width), it.key().c_str(),
+                  Cell(*it).c_str());
+    }
+    return;
+  }
+  if (value.is_array() && !value.empty() && value[0].is_object()) {
+    std::vector<std::string> keys;
+    for (auto it = value[0].begin(); it != value[0].end(); ++it) {
+      keys.push_back(it.key());
+    }
+    std::vector<size_t> widths;
+    for (const std::string& key : keys) {
+      size_t w = key.size();
+      for (const Value& row : value) {
+        w = std::max(w, row.contains(key) ? Cell(row[key]).size() : 0);
+      }
+      widths.push_back(w);
+    }
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::printf("%-*s  ", static_cast<int>(widths[i]), keys[i].c_str());
+    }
+    std::printf("\n");
+    for (const Value& row : value) {
+      for (size_t i = 0; i < keys.size(); ++i) {
+        std::string cell = row.contains(keys[i]) ? Cell(row[keys[i]]) : "";
+        std::printf("%-*s  ", static_cast<int>(widths[i]), cell.c_str());
+      }
+      std::printf("\n");
+    }
+    return;
+  }
+  std::printf("%s\n", ToJson(value, 2).c_str());
+}
+
+void PrintValue(const Value& value, const std::string& output, bool line) {
+  if (output == "table") {
+    PrintTable(value);
+  } else {
+    std::printf("%s\n", ToJson(value, line ? -1 : 2).c_str());
+  }
+  std::fflush(stdout);
+}
+
+int StreamCall(Call& call, const std::string& output) {
+  while (true) {
+    absl::StatusOr<std::optional<Value>> chunk = call.Next();
+    if (!chunk.ok()) {
+      PrintError(chunk.status());
+      return kExitCallFailed;
+    }
+    if (!chunk->has_value()) {
+      return kExitOk;
+    }
+    PrintValue(**chunk, output, true);
+  }
+}
+
+}  // namespace
+
+bool ParseTimeout(const std::string& text, absl::Duration* out) {
+  double seconds = 0;
+  if (absl::SimpleAtod(text, &seconds)) {
+    if (seconds <= 0) {
+      return false;
+    }
+    *out = absl::Seconds(seconds);
+    return true;
+  }
+  return absl::ParseDuration(text, out) && *out > absl::ZeroDuration();
+}
+
+int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
+  absl::StatusOr<Value> args = BuildArgs(flags);
+  if (!args.ok()) {
+    std::cerr << DescribeError(args.status()) << "\n";
+    return kExitUsage;
+  }
+  absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
+  if (!pool.ok()) {
+    PrintError(pool.status());
+    return kExitPoolFailed;
+  }
+  Call call = (*pool)->Submit(flags.function, *args, {flags.timeout});
+  if (flags.stream) {
+    return StreamCall(call, flags.output);
+  }
+  absl::StatusOr<Value> result = call.Get();
+  if (!result.ok()) {
+    PrintError(result.status());
+    return kExitCallFailed;
+  }
+  PrintValue(*result, flags.output, false);
+  return kExitOk;
+}
+
+int RunFnList(const PoolFlags& pool_flags, const std::string& output) {
+  absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
+  if (!pool.ok()) {
+    PrintError(pool.status());
+    return kExitPoolFailed;
+  }
+  std::vector<FunctionInfo> functions = (*pool)->Functions();
+  if (output == "json") {
+    Value list = Value::array();
+    for (const FunctionInfo& f : functions) {
+      list.push_back(f.raw);
+    }
+    std::printf("%s\n", ToJson(list, 2).c_str());
+    return kExitOk;
+  }
+  for (const FunctionInfo& f : functions) {
+    std::printf("%s%s  [%s]\n", f.name.c_str(), f.signature.c_str(),
+                f.kind.c_str());
+    if (!f.doc.empty()) {
+      std::string first = f.doc.substr(0, f.doc.find('\n'));
+      std::printf("    %s\n", first.c_str());
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace snakepit::cli

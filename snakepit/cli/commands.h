@@ -1,0 +1,45 @@
+// The `snakepit` command's subcommands, apart from argument parsing.
+
+#ifndef SNAKEPIT_CLI_COMMANDS_H_
+#define SNAKEPIT_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace snakepit::cli {
+
+// Exit statuses, part of the CLI's contract.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 1;
+inline constexpr int kExitPoolFailed = 2;
+inline constexpr int kExitCallFailed = 3;
+
+// What selects and starts the embedded pool.
+struct PoolFlags {
+  std::vector<std::string> modules;
+  std::vector<std::string> paths;
+  std::string python;
+  int workers = 1;
+  absl::Duration startup_timeout = absl::Seconds(60);
+};
+
+struct CallFlags {
+  std::string function;
+  std::string json_args;              // --json
+  std::vector<std::string> assigns;   // -a key=value
+  absl::Duration timeout = absl::InfiniteDuration();
+  bool stream = false;
+  std::string output = "json";        // json | table
+};
+
+int RunCall(const PoolFlags& pool, const CallFlags& call);
+int RunFnList(const PoolFlags& pool, const std::string& output);
+
+// Parses "5s", "250ms", "2m" or a bare number of seconds.
+bool ParseTimeout(const std::string& text, absl::Duration* out);
+
+}  // namespace snakepit::cli
+
+#endif  // SNAKEPIT_CLI_COMMANDS_H_

@@ -1,0 +1,184 @@
+#include "snakepit/pool/call.h"
+
+#include <utility>
+
+#include "snakepit/base/status.h"
+#include "snakepit/pool/internal/call_state.h"
+#include "snakepit/pool/internal/pool_core.h"
+
+namespace snakepit {
+namespace internal {
+
+void CallState::AddChunk(std::string chunk) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (done) {
+    return;
+  }
+  chunks.push_back(std::move(chunk));
+  cv.notify_all();
+}
+
+bool CallState::Finish(absl::Status final_status, std::string final_result,
+                       Deferred* deferred) {
+  std::vector<std::function<void(const absl::Status&)>> to_run;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) {
+      return false;
+    }
+    done = true;
+    status = std::move(final_status);
+    result = std::move(final_result);
+    done_flag.store(true, std::memory_order_release);
+    to_run.swap(callbacks);
+    cv.notify_all();
+  }
+  for (auto& callback : to_run) {
+    deferred->push_back(
+        [callback = std::move(callback), s = status] { callback(s); });
+  }
+  return true;
+}
+
+void RunDeferred(Deferred& deferred) {
+  for (auto& fn : deferred) {
+    fn();
+  }
+  deferred.clear();
+}
+
+namespace {
+
+// A msgpack array header for `n` items.
+std::string ArrayHeader(size_t n) {
+  std::string out;
+  if (n < 16) {
+    out += static_cast<char>(0x90 | n);
+  } else if (n < 65536) {
+    out += static_cast<char>(0xdc);
+    out += static_cast<char>(n >> 8);
+    out += static_cast<char>(n & 0xff);
+  } else {
+    out += static_cast<char>(0xdd);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      out += static_cast<char>((n >> shift) & 0xff);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace internal
+
+Call Call::Failed(absl::Status status) {
+  auto state = std::make_shared<internal::CallState>(0, "", absl::Now());
+  internal::Deferred none;
+  state->Finish(std::move(status), "", &none);
+  return Call(std::move(state));
+}
+
+Call::Call(std::shared_ptr<internal::CallState> state)
+    : state_(std::move(state)) {}
+
+uint64_t Call::id() const { return state_->id; }
+
+absl::StatusOr<std::string> Call::GetRaw() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock, [&] { return state_->done; });
+  if (!state_->status.ok()) {
+    return state_->status;
+  }
+  if (!state_->streams) {
+    return state_->result;
+  }
+  // A generator's result is what it yielded that Next() did not take;
+  // the chunks are already msgpack, so the array is built without
+  // decoding them.
+  std::string out = internal::ArrayHeader(state_->chunks.size());
+  for (const std::string& chunk : state_->chunks) {
+    out += chunk;
+  }
+  return out;
+}
+
+absl::StatusOr<Value> Call::Get() const {
+  absl::StatusOr<std::string> raw = GetRaw();
+  if (!raw.ok()) {
+    return raw.status();
+  }
+  return DecodeValue(*raw);
+}
+
+bool Call::WaitFor(absl::Duration timeout) const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->cv.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                             [&] { return state_->done; });
+}
+
+bool Call::Done() const {
+  return state_->done_flag.load(std::memory_order_acquire);
+}
+
+void Call::Cancel() const {
+  if (Done()) {
+    return;
+  }
+  if (auto pool = state_->pool.lock()) {
+    pool->Cancel(state_);
+    return;
+  }
+  internal::Deferred deferred;
+  state_->Finish(ReasonError(reason::kCancelled, "call cancelled"), "",
+                 &deferred);
+  internal::RunDeferred(deferred);
+}
+
+void Call::OnComplete(
+    std::function<void(const absl::Status&)> callback) const {
+  absl::Status status;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->done) {
+      state_->callbacks.push_back(std::move(callback));
+      return;
+    }
+    status = state_->status;
+  }
+  callback(status);
+}
+
+absl::StatusOr<std::optional<std::string>> Call::NextRaw() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock,
+                  [&] { return state_->done || !state_->chunks.empty(); });
+  if (!state_->chunks.empty()) {
+    std::string chunk = std::move(state_->chunks.front());
+    state_->chunks.pop_front();
+    return chunk;
+  }
+  if (!state_->status.ok()) {
+    return state_->status;
+  }
+  if (!state_->streams && !state_->result_taken) {
+    state_->result_taken = true;
+    return state_->result;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::optional<Value>> Call::Next() const {
+  absl::StatusOr<std::optional<std::string>> raw = NextRaw();
+  if (!raw.ok()) {
+    return raw.status();
+  }
+  if (!raw->has_value()) {
+    return std::optional<Value>();
+  }
+  absl::StatusOr<Value> value = DecodeValue(**raw);
+  if (!value.ok()) {
+    return value.status();
+  }
+  return std::optional<Value>(std::move(*value));
+}
+
+}  // namespace snakepit

@@ -1,0 +1,68 @@
+// The shared state behind a Call handle. Not part of the public API.
+
+#ifndef SNAKEPIT_POOL_INTERNAL_CALL_STATE_H_
+#define SNAKEPIT_POOL_INTERNAL_CALL_STATE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace snakepit::internal {
+
+class PoolCore;
+
+using Deferred = std::vector<std::function<void()>>;
+
+struct CallState {
+  CallState(uint64_t id, std::string function, absl::Time deadline)
+      : id(id), function(std::move(function)), deadline(deadline) {}
+
+  // Fixed at construction.
+  const uint64_t id;
+  const std::string function;
+  const absl::Time deadline;
+  const absl::Time submitted = absl::Now();
+
+  // Set by the pool before the call is visible to other threads.
+  std::weak_ptr<PoolCore> pool;
+  bool streams = false;  // the function is a generator
+  std::string args;      // msgpack; owned by the pool until sent
+
+  // Guarded by mu.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  absl::Status status;
+  std::string result;               // msgpack, when done and OK
+  bool result_taken = false;        // Next() returned the result
+  std::deque<std::string> chunks;   // streamed, not yet taken
+  std::vector<std::function<void(const absl::Status&)>> callbacks;
+
+  // Mirrors `done` for lock-free checks.
+  std::atomic<bool> done_flag{false};
+
+  // Appends a streamed chunk unless the call has ended.
+  void AddChunk(std::string chunk);
+
+  // Ends the call once; later calls are ignored and return false. The
+  // completion callbacks are appended to `deferred`, to run once the
+  // caller holds no lock.
+  bool Finish(absl::Status final_status, std::string final_result,
+              Deferred* deferred);
+};
+
+// Runs deferred callbacks.
+void RunDeferred(Deferred& deferred);
+
+}  // namespace snakepit::internal
+
+#endif  // SNAKEPIT_POOL_INTERNAL_CALL_STATE_H_

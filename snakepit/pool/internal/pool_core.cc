@@ -1,0 +1,958 @@
+#include "snakepit/pool/internal/pool_core.h"
+
+#include <signal.h>
+#include <sys/epoll.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "snakepit/base/log.h"
+#include "snakepit/base/status.h"
+#include "snakepit/os/process.h"
+
+namespace snakepit::internal {
+namespace {
+
+using protocol::FrameType;
+
+constexpr size_t kStderrTailBytes = 4096;
+constexpr size_t kMaxLogLine = 64 * 1024;
+
+// A worker that closed its channel but lives on is killed after this.
+constexpr absl::Duration kChannelClosedGrace = absl::Seconds(1);
+
+std::string ShortDuration(absl::Duration d) {
+  return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
+}
+
+std::string StringField(const Value& header, const char* key) {
+  auto it = header.find(key);
+  return it != header.end() && it->is_string() ? it->get<std::string>()
+                                                : std::string();
+}
+
+// The status an ERROR or FATAL header describes.
+absl::Status ErrorFromHeader(const Value& header) {
+  std::string why = StringField(header, "reason");
+  std::string message = StringField(header, "message");
+  PythonDetails details{StringField(header, "type"),
+                        StringField(header, "traceback"),
+                        StringField(header, "path")};
+  if (why.empty()) {
+    why = std::string(reason::kProtocolError);
+    message = "worker sent an error without a reason: " + message;
+  }
+  if (why == reason::kPythonException && !details.type.empty()) {
+    message = absl::StrCat(details.type, ": ", message);
+  }
+  absl::Status status = ReasonError(why, message);
+  SetPythonDetails(status, details);
+  return status;
+}
+
+// "(digits: int, seed: int = 0) -> list" from a catalogue entry.
+std::string SignatureOf(const Value& entry) {
+  std::vector<std::string> params;
+  auto it = entry.find("params");
+  if (it != entry.end() && it->is_array()) {
+    for (const Value& p : *it) {
+      std::string kind = StringField(p, "kind");
+      std::string text = StringField(p, "name");
+      if (kind == "var_positional") {
+        text = "*" + text;
+      } else if (kind == "var_keyword") {
+        text = "**" + text;
+      }
+      std::string annotation = StringField(p, "annotation");
+      if (!annotation.empty()) {
+        absl::StrAppend(&text, ": ", annotation);
+      }
+      if (p.contains("default")) {
+        absl::StrAppend(&text, " = ", StringField(p, "default"));
+      }
+      params.push_back(std::move(text));
+    }
+  }
+  std::string out = absl::StrCat("(", absl::StrJoin(params, ", "), ")");
+  std::string returns = StringField(entry, "returns");
+  if (!returns.empty()) {
+    absl::StrAppend(&out, " -> ", returns);
+  }
+  return out;
+}
+
+bool IsGeneratorKind(const std::string& kind) {
+  return kind == "generator" || kind == "async_generator";
+}
+
+std::atomic<uint64_t> next_call_id{1};
+
+}  // namespace
+
+PoolCore::PoolCore(PoolOptions options, worker::WorkerSpec spec,
+                   os::Waker waker, os::UniqueFd epoll)
+    : options_(std::move(options)),
+      spec_(std::move(spec)),
+      waker_(std::move(waker)),
+      epoll_(std::move(epoll)) {}
+
+PoolCore::~PoolCore() { Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
+
+absl::Status PoolCore::Start() {
+  Watch(waker_.fd(), kWaker);
+  for (int i = 0; i < options_.size; ++i) {
+    if (absl::Status s = SpawnWorker(); !s.ok()) {
+      return s;
+    }
+  }
+  io_thread_ = std::thread([this] { Loop(); });
+
+  std::unique_lock<std::mutex> lock(mu_);
+  // Each worker enforces its own ready deadline; this wait only guards
+  // against a bug there.
+  absl::Time limit = absl::Now() + options_.startup_timeout + absl::Seconds(5);
+  auto all_ready = [&] {
+    if (!start_failure_.ok()) {
+      return true;
+    }
+    return std::all_of(workers_.begin(), workers_.end(), [](auto& entry) {
+      return entry.second->state != WorkerState::kStarting;
+    });
+  };
+  changed_.wait_until(lock, absl::ToChronoTime(limit), all_ready);
+  if (!start_failure_.ok()) {
+    return start_failure_;
+  }
+  if (!all_ready()) {
+    return ReasonError(reason::kWorkerStartFailed,
+                       absl::StrCat("pool ", options_.name,
+                                    " did not become ready"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PoolCore::SpawnWorker() {
+  absl::StatusOr<std::unique_ptr<worker::WorkerProcess>> process =
+      worker::WorkerProcess::Start(spec_);
+  if (!process.ok()) {
+    return process.status();
+  }
+  auto w = std::make_shared<Worker>(options_.max_payload_bytes);
+  w->process = std::move(*process);
+  w->pid = w->process->pid();
+  w->ready_deadline = absl::Now() + options_.startup_timeout;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    w->serial = next_serial_++;
+    workers_[w->serial] = w;
+  }
+  uint64_t base = static_cast<uint64_t>(w->serial) << 3;
+  Watch(w->process->channel_fd(), base | kChannel);
+  Watch(w->process->control_fd(), base | kControl);
+  Watch(w->process->stdout_fd(), base | kStdout);
+  Watch(w->process->stderr_fd(), base | kStderr);
+  Watch(w->process->pidfd(), base | kPidfd);
+  waker_.Wake();  // the loop recomputes its timeout for the new deadline
+  return absl::OkStatus();
+}
+
+void PoolCore::Watch(int fd, uint64_t tag) {
+  struct epoll_event event = {};
+  event.events = EPOLLIN;
+  event.data.u64 = tag;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
+    // Only a bug (a bad or duplicate fd) can get here.
+    Log().critical("epoll_ctl add fd {}: {}", fd, std::strerror(errno));
+    std::abort();
+  }
+}
+
+void PoolCore::Unwatch(int fd) {
+  if (fd >= 0) {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  }
+}
+
+std::shared_ptr<PoolCore::Worker> PoolCore::Find(uint32_t serial) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(serial);
+  return it == workers_.end() ? nullptr : it->second;
+}
+
+// ---------------------------------------------------------------------------
+// Submitting and cancelling.
+
+Call PoolCore::Submit(std::string_view function, std::string args,
+                      const CallOptions& options) {
+  absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                            ? absl::InfiniteFuture()
+                            : absl::Now() + options.timeout;
+  auto call = std::make_shared<CallState>(next_call_id.fetch_add(1),
+                                          std::string(function), deadline);
+  call->pool = weak_from_this();
+  if (args.size() > options_.max_payload_bytes) {
+    return Call::Failed(ReasonError(
+        reason::kPayloadTooLarge,
+        absl::StrCat("arguments of ", args.size(), " bytes exceed the ",
+                     options_.max_payload_bytes,
+                     "-byte payload limit (host→worker)")));
+  }
+  call->args = std::move(args);
+
+  std::shared_ptr<Worker> w;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) {
+      return Call::Failed(ReasonError(
+          reason::kPoolClosed,
+          absl::StrCat("pool ", options_.name, " is shutting down")));
+    }
+    if (catalogue_known_) {
+      auto it = catalogue_.find(call->function);
+      if (it == catalogue_.end()) {
+        return Call::Failed(ReasonError(
+            reason::kUnknownFunction,
+            absl::StrCat("no function ", call->function, " in pool ",
+                         options_.name, " (", catalogue_.size(),
+                         " functions; `snakepit fn list` shows them)")));
+      }
+      call->streams = IsGeneratorKind(it->second.kind);
+    }
+    w = TakeIdleLocked();
+    if (w) {
+      AssignLocked(*w, call);
+    } else if (queue_.size() >= options_.max_queue) {
+      return Call::Failed(ReasonError(
+          reason::kQueueFull,
+          absl::StrCat("pool ", options_.name, " has ", queue_.size(),
+                       " calls waiting, its queue limit")));
+    } else {
+      queue_.push_back(call);
+    }
+  }
+  if (w) {
+    SendCall(w, call);
+  }
+  if (deadline != absl::InfiniteFuture() &&
+      absl::ToUnixNanos(deadline) < next_wake_ns_.load()) {
+    waker_.Wake();
+  }
+  return Call(call);
+}
+
+void PoolCore::Cancel(const std::shared_ptr<CallState>& call) {
+  Deferred deferred;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::Status cancelled = ReasonError(reason::kCancelled, "call cancelled");
+    call->Finish(cancelled, "", &deferred);
+    auto queued = std::find(queue_.begin(), queue_.end(), call);
+    if (queued != queue_.end()) {
+      queue_.erase(queued);
+    }
+    for (auto& [serial, w] : workers_) {
+      if (w->call == call) {
+        AbandonLocked(*w);
+      }
+    }
+  }
+  RunDeferred(deferred);
+}
+
+std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked() {
+  while (!idle_.empty()) {
+    std::shared_ptr<Worker> w = std::move(idle_.back());
+    idle_.pop_back();
+    if (w->state == WorkerState::kIdle) {
+      return w;
+    }
+  }
+  return nullptr;
+}
+
+void PoolCore::AssignLocked(Worker& w, const std::shared_ptr<CallState>& call) {
+  w.state = WorkerState::kBusy;
+  w.call = call;
+  w.running_id = call->id;
+  if (catalogue_known_) {
+    auto it = catalogue_.find(call->function);
+    call->streams = it != catalogue_.end() && IsGeneratorKind(it->second.kind);
+  }
+}
+
+void PoolCore::DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
+                                    Deferred* deferred,
+                                    std::shared_ptr<CallState>* to_send) {
+  absl::Time now = absl::Now();
+  while (!queue_.empty()) {
+    std::shared_ptr<CallState> call = std::move(queue_.front());
+    queue_.pop_front();
+    if (call->done_flag.load()) {
+      continue;
+    }
+    if (call->deadline <= now) {
+      call->Finish(QueueDeadlineError(*call), "", deferred);
+      continue;
+    }
+    if (catalogue_known_ && !catalogue_.contains(call->function)) {
+      call->Finish(ReasonError(reason::kUnknownFunction,
+                               absl::StrCat("no function ", call->function,
+                                            " in pool ", options_.name)),
+                   "", deferred);
+      continue;
+    }
+    AssignLocked(*w, call);
+    *to_send = std::move(call);
+    return;
+  }
+  w->state = WorkerState::kIdle;
+  idle_.push_back(w);
+}
+
+void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
+                        const std::shared_ptr<CallState>& call) {
+  protocol::HeaderWriter header;
+  bool bounded = call->deadline != absl::InfiniteFuture();
+  header.MapHeader(bounded ? 2 : 1);
+  header.String("fn");
+  header.String(call->function);
+  if (bounded) {
+    absl::Duration left = call->deadline - absl::Now();
+    header.String("timeout_ms");
+    header.Uint(std::max<int64_t>(1, absl::ToInt64Milliseconds(left)));
+  }
+  std::string args = std::move(call->args);
+  absl::Status sent = w->process->Send(FrameType::kCall, call->id,
+                                       header.data(), args, call->deadline);
+  if (sent.ok()) {
+    return;
+  }
+
+  // Part of the frame may be on the wire, so the channel is no longer
+  // trustworthy: the worker is killed and replaced.
+  Deferred deferred;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::Status failure =
+        absl::IsDeadlineExceeded(sent)
+            ? ReasonError(reason::kDeadlineExceeded,
+                          absl::StrCat("deadline passed while sending the "
+                                       "call to worker ", w->pid))
+            : ReasonError(reason::kWorkerCrashed,
+                          absl::StrCat("cannot send the call to worker ",
+                                       w->pid, ": ", sent.message()));
+    call->Finish(failure, "", &deferred);
+    if (w->call == call) {
+      w->call = nullptr;
+    }
+    w->process->SignalGroup(SIGKILL);
+  }
+  RunDeferred(deferred);
+}
+
+void PoolCore::AbandonLocked(Worker& w) {
+  w.call = nullptr;
+  w.state = WorkerState::kStopping;
+  w.kill_at = absl::Now() + options_.cancel_grace;
+  // A failed send means the worker is dying; its exit is handled anyway.
+  (void)w.process->SendControl(FrameType::kCancel, w.running_id);
+}
+
+// ---------------------------------------------------------------------------
+// The I/O loop.
+
+void PoolCore::Loop() {
+  constexpr int kMaxEvents = 64;
+  struct epoll_event events[kMaxEvents];
+  while (!stop_.load()) {
+    int timeout_ms = NextTimeoutMs();
+    int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      Log().critical("epoll_wait: {}", std::strerror(errno));
+      std::abort();
+    }
+    Deferred deferred;
+    for (int i = 0; i < n; ++i) {
+      OnEvent(events[i].data.u64, events[i].events, &deferred);
+    }
+    bool respawn = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      absl::Time now = absl::Now();
+      ExpireLocked(now, &deferred);
+      respawn = missing_ > 0 && now >= respawn_at_ && !closed_;
+    }
+    RunDeferred(deferred);
+    if (respawn) {
+      RespawnMissing();
+    }
+  }
+}
+
+int PoolCore::NextTimeoutMs() {
+  absl::Time next = absl::InfiniteFuture();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& call : queue_) {
+      next = std::min(next, call->deadline);
+    }
+    for (const auto& [serial, w] : workers_) {
+      if (w->call) {
+        next = std::min(next, w->call->deadline);
+      }
+      next = std::min({next, w->kill_at, w->ready_deadline});
+    }
+    if (missing_ > 0) {
+      next = std::min(next, respawn_at_);
+    }
+  }
+  if (next == absl::InfiniteFuture()) {
+    next_wake_ns_.store(std::numeric_limits<int64_t>::max());
+    return -1;
+  }
+  next_wake_ns_.store(absl::ToUnixNanos(next));
+  absl::Duration left = next - absl::Now();
+  if (left <= absl::ZeroDuration()) {
+    return 0;
+  }
+  return static_cast<int>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(
+                            left, absl::Milliseconds(1))),
+                        60'000));
+}
+
+void PoolCore::OnEvent(uint64_t tag, uint32_t events, Deferred* deferred) {
+  if ((tag & 7) == kWaker) {
+    waker_.Drain();
+    return;
+  }
+  std::shared_ptr<Worker> w = Find(static_cast<uint32_t>(tag >> 3));
+  if (!w) {
+    return;  // an event already queued for a worker that has gone
+  }
+  switch (tag & 7) {
+    case kChannel:
+      ReadChannel(w, deferred);
+      break;
+    case kControl:
+      ReadControl(*w);
+      break;
+    case kStdout:
+      PumpOutput(*w, false);
+      break;
+    case kStderr:
+      PumpOutput(*w, true);
+      break;
+    case kPidfd:
+      OnExit(w, deferred);
+      break;
+  }
+  (void)events;
+}
+
+// ---------------------------------------------------------------------------
+// Frames from workers.
+
+void PoolCore::ReadChannel(const std::shared_ptr<Worker>& w,
+                           Deferred* deferred) {
+  if (!w->channel_open) {
+    return;
+  }
+  bool eof = false;
+  absl::Status status = w->reader.ReadFrom(w->process->channel_fd(), &eof);
+  auto& frames = w->reader.frames();
+  while (!frames.empty()) {
+    protocol::Frame frame = std::move(frames.front());
+    frames.pop_front();
+    HandleFrame(w, frame, deferred);
+  }
+  if (!status.ok()) {
+    if (ReasonOf(status) != reason::kPayloadTooLarge) {
+      status = ReasonError(reason::kProtocolError,
+                           absl::StrCat("worker ", w->pid, " sent a "
+                                        "malformed frame: ",
+                                        status.message()));
+    }
+    KillBroken(*w, status, deferred);
+  }
+  if (!status.ok() || eof) {
+    Unwatch(w->process->channel_fd());
+    w->channel_open = false;
+    std::lock_guard<std::mutex> lock(mu_);
+    w->kill_at = std::min(w->kill_at, absl::Now() + kChannelClosedGrace);
+  }
+}
+
+void PoolCore::ReadControl(Worker& w) {
+  bool eof = false;
+  absl::Status status =
+      w.control_reader.ReadFrom(w.process->control_fd(), &eof);
+  // PONG is the only frame a worker sends here; liveness checks that use
+  // it are not built yet. TODO(#5): ping idle workers and act on silence.
+  w.control_reader.frames().clear();
+  if (!status.ok() || eof) {
+    Unwatch(w.process->control_fd());
+  }
+}
+
+void PoolCore::HandleFrame(const std::shared_ptr<Worker>& w,
+                           protocol::Frame& frame, Deferred* deferred) {
+  switch (frame.type) {
+    case FrameType::kHello: {
+      absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+      if (!header.ok() ||
+          header->value("protocol", -1) != protocol::kProtocolVersion) {
+        KillBroken(*w,
+                   ReasonError(reason::kProtocolError,
+                               absl::StrCat("worker ", w->pid,
+                                            " does not speak protocol ",
+                                            protocol::kProtocolVersion)),
+                   deferred);
+      }
+      return;
+    }
+    case FrameType::kReady:
+      HandleReady(w, frame, deferred);
+      return;
+    case FrameType::kFatal: {
+      absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+      std::lock_guard<std::mutex> lock(mu_);
+      w->fatal = header.ok() ? ErrorFromHeader(*header) : header.status();
+      return;
+    }
+    case FrameType::kResult:
+    case FrameType::kError:
+      HandleFinal(w, frame, deferred);
+      return;
+    case FrameType::kChunk: {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (w->call && frame.id == w->running_id) {
+        w->call->AddChunk(std::move(frame.body));
+      }
+      return;
+    }
+    case FrameType::kLog:
+      HandleLog(*w, frame);
+      return;
+    default:
+      KillBroken(*w,
+                 ReasonError(reason::kProtocolError,
+                             absl::StrCat("worker ", w->pid,
+                                          " sent frame type ",
+                                          static_cast<int>(frame.type),
+                                          " on its channel")),
+                 deferred);
+  }
+}
+
+void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
+                           const protocol::Frame& frame, Deferred* deferred) {
+  absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+  if (!header.ok() || !header->contains("functions") ||
+      !(*header)["functions"].is_array()) {
+    KillBroken(*w,
+               ReasonError(reason::kProtocolError,
+                           absl::StrCat("worker ", w->pid,
+                                        " sent a READY without a catalogue")),
+               deferred);
+    return;
+  }
+  std::shared_ptr<CallState> to_send;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (w->state != WorkerState::kStarting) {
+      return;
+    }
+    if (!catalogue_known_) {
+      for (const Value& entry : (*header)["functions"]) {
+        FunctionInfo info{StringField(entry, "name"),
+                          StringField(entry, "kind"),
+                          StringField(entry, "doc"), SignatureOf(entry),
+                          entry};
+        catalogue_[info.name] = std::move(info);
+      }
+      catalogue_known_ = true;
+    }
+    w->ready_deadline = absl::InfiniteFuture();
+    start_failures_in_row_ = 0;
+    if (!closed_) {
+      DispatchQueuedLocked(w, deferred, &to_send);
+    } else {
+      w->state = WorkerState::kIdle;
+    }
+    changed_.notify_all();
+  }
+  Log().debug("pool {} worker {} ready", options_.name, w->pid);
+  if (to_send) {
+    SendCall(w, to_send);
+  }
+}
+
+void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
+                           protocol::Frame& frame, Deferred* deferred) {
+  absl::Status status;
+  if (frame.type == FrameType::kError) {
+    absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+    status = header.ok() ? ErrorFromHeader(*header) : header.status();
+  }
+  std::shared_ptr<CallState> to_send;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (frame.id == 0 || frame.id != w->running_id) {
+      // A late reply to a call that has moved on: never hand it on.
+      return;
+    }
+    if (w->call) {
+      w->call->Finish(status, std::move(frame.body), deferred);
+    }
+    w->call = nullptr;
+    w->running_id = 0;
+    w->kill_at = absl::InfiniteFuture();
+    if (!closed_) {
+      DispatchQueuedLocked(w, deferred, &to_send);
+    } else {
+      w->state = WorkerState::kIdle;
+    }
+    changed_.notify_all();
+  }
+  if (to_send) {
+    SendCall(w, to_send);
+  }
+}
+
+void PoolCore::HandleLog(Worker& w, const protocol::Frame& frame) {
+  absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+  if (!header.ok()) {
+    return;
+  }
+  int level = header->value("level", 20);
+  auto spd_level = level >= 40   ? spdlog::level::err
+                   : level >= 30 ? spdlog::level::warn
+                   : level >= 20 ? spdlog::level::info
+                                 : spdlog::level::debug;
+  Log().log(spd_level, "pool {} worker {} call {}: {}", options_.name, w.pid,
+            frame.id, StringField(*header, "message"));
+}
+
+void PoolCore::KillBroken(Worker& w, absl::Status why, Deferred* deferred) {
+  Log().error("pool {} worker {}: {}; killing it", options_.name, w.pid,
+              std::string(why.message()));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (w.call) {
+    w.call->Finish(why, "", deferred);
+    w.call = nullptr;
+  }
+  if (w.state == WorkerState::kStarting && w.fatal.ok()) {
+    w.fatal = why;
+  }
+  w.process->SignalGroup(SIGKILL);
+}
+
+// ---------------------------------------------------------------------------
+// Worker output: stdout and stderr lines go to the log, tagged.
+
+void PoolCore::PumpOutput(Worker& w, bool is_stderr) {
+  int fd = is_stderr ? w.process->stderr_fd() : w.process->stdout_fd();
+  std::string& line = is_stderr ? w.err_line : w.out_line;
+  char buf[16384];
+  while (true) {
+    ssize_t n = os::ReadSome(fd, buf, sizeof(buf));
+    if (n > 0) {
+      line.append(buf, static_cast<size_t>(n));
+      if (is_stderr) {
+        w.stderr_tail.append(buf, static_cast<size_t>(n));
+        if (w.stderr_tail.size() > 2 * kStderrTailBytes) {
+          w.stderr_tail.erase(0, w.stderr_tail.size() - kStderrTailBytes);
+        }
+      }
+      FlushLines(w, is_stderr, false);
+      continue;
+    }
+    if (n < 0 && errno == EAGAIN) {
+      return;
+    }
+    FlushLines(w, is_stderr, true);
+    Unwatch(fd);
+    return;
+  }
+}
+
+void PoolCore::FlushLines(Worker& w, bool is_stderr, bool all) {
+  std::string& buffer = is_stderr ? w.err_line : w.out_line;
+  const char* stream = is_stderr ? "stderr" : "stdout";
+  size_t start = 0;
+  while (true) {
+    size_t end = buffer.find('\n', start);
+    if (end == std::string::npos) {
+      break;
+    }
+    Log().info("pool {} worker {} {}: {}", options_.name, w.pid, stream,
+               std::string_view(buffer).substr(start, end - start));
+    start = end + 1;
+  }
+  buffer.erase(0, start);
+  if (!buffer.empty() && (all || buffer.size() > kMaxLogLine)) {
+    Log().info("pool {} worker {} {}: {}", options_.name, w.pid, stream,
+               buffer);
+    buffer.clear();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Exits, deadlines and replacements.
+
+void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
+  // Frames and output written just before the exit are handled first: a
+  // result sent before exiting is a result, not a crash.
+  ReadChannel(w, deferred);
+  PumpOutput(*w, false);
+  PumpOutput(*w, true);
+  // The zombie still holds the group id, so this cannot reach an
+  // unrelated group: it ends the worker's own children.
+  w->process->SignalGroup(SIGKILL);
+  absl::StatusOr<std::optional<os::ExitInfo>> exit =
+      os::TryReap(w->process->pidfd());
+  std::string how = exit.ok() && exit->has_value()
+                        ? (*exit)->Describe()
+                        : std::string("ended (status unknown)");
+  for (int fd : {w->process->channel_fd(), w->process->control_fd(),
+                 w->process->stdout_fd(), w->process->stderr_fd(),
+                 w->process->pidfd()}) {
+    Unwatch(fd);
+  }
+
+  std::lock_guard<std::mutex> lock(mu_);
+  WorkerState was = w->state;
+  w->state = WorkerState::kExited;
+  if (w->call) {
+    w->call->Finish(ReasonError(reason::kWorkerCrashed,
+                                absl::StrCat("worker ", w->pid, " ", how,
+                                             " during the call")),
+                    "", deferred);
+    w->call = nullptr;
+  }
+  if (was == WorkerState::kStarting) {
+    absl::Status failure = w->fatal;
+    if (failure.ok()) {
+      std::string tail = w->stderr_tail.size() > kStderrTailBytes
+                             ? w->stderr_tail.substr(w->stderr_tail.size() -
+                                                     kStderrTailBytes)
+                             : w->stderr_tail;
+      failure = ReasonError(
+          reason::kWorkerStartFailed,
+          absl::StrCat("worker ", w->pid, " ", how,
+                       " before it was ready", tail.empty() ? "" : "; stderr:\n",
+                       tail));
+    }
+    if (start_failure_.ok()) {
+      start_failure_ = failure;
+    }
+    ++start_failures_in_row_;
+    Log().error("pool {} worker {} failed to start: {}", options_.name,
+                w->pid, std::string(failure.message()));
+  } else if (!closed_) {
+    Log().warn("pool {} worker {} {}", options_.name, w->pid, how);
+  }
+  workers_.erase(w->serial);
+  if (!closed_) {
+    ++missing_;
+    ++restarts_;
+    ScheduleRespawnLocked();
+  }
+  changed_.notify_all();
+}
+
+void PoolCore::ScheduleRespawnLocked() {
+  // A worker that was ready is replaced at once. Repeated start failures
+  // back off, doubling from 100 ms to 30 s. TODO(#5): jitter, a degraded
+  // pool state, and failing queued calls fast while degraded.
+  absl::Duration delay = absl::ZeroDuration();
+  if (start_failures_in_row_ > 0) {
+    int shift = std::min(start_failures_in_row_ - 1, 9);
+    delay = std::min(absl::Milliseconds(100) * (1 << shift),
+                     absl::Seconds(30));
+  }
+  respawn_at_ = std::min(respawn_at_, absl::Now() + delay);
+}
+
+void PoolCore::RespawnMissing() {
+  int count = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    count = std::exchange(missing_, 0);
+    respawn_at_ = absl::InfiniteFuture();
+  }
+  for (int i = 0; i < count; ++i) {
+    if (absl::Status s = SpawnWorker(); !s.ok()) {
+      Log().error("pool {}: cannot replace a worker: {}", options_.name,
+                  std::string(s.message()));
+      std::lock_guard<std::mutex> lock(mu_);
+      ++missing_;
+      respawn_at_ = absl::Now() + absl::Seconds(1);
+    }
+  }
+}
+
+absl::Status PoolCore::QueueDeadlineError(const CallState& call) const {
+  bool starting = !catalogue_known_;
+  return ReasonError(
+      reason::kDeadlineExceeded,
+      absl::StrCat("deadline of ",
+                   ShortDuration(call.deadline - call.submitted),
+                   " passed while the call waited in the queue (",
+                   starting ? "the pool was starting"
+                            : "every worker was busy",
+                   ")"));
+}
+
+void PoolCore::ExpireLocked(absl::Time now, Deferred* deferred) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    CallState& call = **it;
+    if (call.done_flag.load()) {
+      it = queue_.erase(it);
+    } else if (call.deadline <= now) {
+      call.Finish(QueueDeadlineError(call), "", deferred);
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [serial, w] : workers_) {
+    if (w->call && w->call->deadline <= now) {
+      w->call->Finish(
+          ReasonError(reason::kDeadlineExceeded,
+                      absl::StrCat("deadline of ",
+                                   ShortDuration(w->call->deadline -
+                                                  w->call->submitted),
+                                   " passed while the call ran on worker ",
+                                   w->pid)),
+          "", deferred);
+      AbandonLocked(*w);
+    }
+    if (w->ready_deadline <= now) {
+      w->ready_deadline = absl::InfiniteFuture();
+      w->fatal = ReasonError(
+          reason::kWorkerStartFailed,
+          absl::StrCat("worker ", w->pid, " was not ready within ",
+                       ShortDuration(options_.startup_timeout),
+                       " (startup timeout)"));
+      w->process->SignalGroup(SIGKILL);
+    }
+    if (w->kill_at <= now) {
+      w->kill_at = absl::InfiniteFuture();
+      Log().warn("pool {} worker {} did not stop within {}; killing it",
+                 options_.name, w->pid, ShortDuration(options_.cancel_grace));
+      w->process->SignalGroup(SIGKILL);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown and introspection.
+
+void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
+  std::call_once(shutdown_once_, [&] {
+    Deferred deferred;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      closed_ = true;
+      absl::Status closed = ReasonError(
+          reason::kPoolClosed,
+          absl::StrCat("pool ", options_.name, " shut down before the call "
+                                               "ran"));
+      for (auto& call : queue_) {
+        call->Finish(closed, "", &deferred);
+      }
+      queue_.clear();
+      auto idle = [&] {
+        return std::none_of(workers_.begin(), workers_.end(), [](auto& e) {
+          return e.second->state == WorkerState::kBusy;
+        });
+      };
+      changed_.wait_until(lock, absl::ToChronoTime(absl::Now() + drain),
+                          idle);
+      for (auto& [serial, w] : workers_) {
+        if (w->call) {
+          w->call->Finish(
+              ReasonError(reason::kPoolClosed,
+                          absl::StrCat("pool ", options_.name,
+                                       " shut down during the call")),
+              "", &deferred);
+          w->call = nullptr;
+        }
+      }
+    }
+    RunDeferred(deferred);
+
+    stop_.store(true);
+    waker_.Wake();
+    if (io_thread_.joinable()) {
+      io_thread_.join();
+    }
+
+    // The I/O thread is gone: this thread owns the workers now. End of
+    // file on their sockets makes them exit; SIGTERM covers a worker
+    // that is not reading; SIGKILL after `grace` covers the rest.
+    std::map<uint32_t, std::shared_ptr<Worker>> workers;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      workers.swap(workers_);
+      idle_.clear();
+    }
+    for (auto& [serial, w] : workers) {
+      w->process->CloseSockets();
+      w->process->SignalGroup(SIGTERM);
+    }
+    absl::Time limit = absl::Now() + grace;
+    for (auto& [serial, w] : workers) {
+      if (!os::AwaitExit(w->process->pidfd(), limit - absl::Now())) {
+        Log().warn("pool {} worker {} did not exit within {}; killing it",
+                   options_.name, w->pid, ShortDuration(grace));
+      }
+      w->process->SignalGroup(SIGKILL);
+      os::AwaitExit(w->process->pidfd(), absl::Seconds(5));
+      PumpOutput(*w, false);
+      PumpOutput(*w, true);
+      (void)os::TryReap(w->process->pidfd());
+    }
+  });
+}
+
+std::vector<FunctionInfo> PoolCore::Functions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<FunctionInfo> out;
+  for (const auto& [name, info] : catalogue_) {
+    out.push_back(info);
+  }
+  return out;
+}
+
+PoolStats PoolCore::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  PoolStats stats;
+  stats.size = options_.size;
+  for (const auto& [serial, w] : workers_) {
+    switch (w->state) {
+      case WorkerState::kStarting:
+        ++stats.starting;
+        break;
+      case WorkerState::kIdle:
+        ++stats.ready;
+        break;
+      case WorkerState::kBusy:
+      case WorkerState::kStopping:
+        ++stats.ready;
+        ++stats.busy;
+        break;
+      case WorkerState::kExited:
+        break;
+    }
+  }
+  stats.queued = queue_.size();
+  stats.restarts = restarts_;
+  return stats;
+}
+
+}  // namespace snakepit::internal

@@ -1,0 +1,166 @@
+// The machinery behind Pool: workers, the queue, and one I/O thread.
+//
+// Threads. Callers of Submit and Cancel run on their own threads and
+// write a call's frame themselves when a worker is idle. One I/O thread
+// per pool waits in epoll on every worker's channel, control socket,
+// stdout, stderr and pidfd; it completes calls, hands queued calls to
+// workers that free up, logs worker output, enforces deadlines and
+// replaces workers that exit.
+//
+// Locks. mu_ guards the workers' states, the queue and the catalogue. A
+// CallState's own mutex nests inside mu_, never the other way round.
+// Completion callbacks run with no lock held.
+
+#ifndef SNAKEPIT_POOL_INTERNAL_POOL_CORE_H_
+#define SNAKEPIT_POOL_INTERNAL_POOL_CORE_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "snakepit/os/fd.h"
+#include "snakepit/pool/internal/call_state.h"
+#include "snakepit/pool/pool.h"
+#include "snakepit/protocol/frame.h"
+#include "snakepit/worker/worker.h"
+
+namespace snakepit::internal {
+
+class PoolCore : public std::enable_shared_from_this<PoolCore> {
+ public:
+  PoolCore(PoolOptions options, worker::WorkerSpec spec, os::Waker waker,
+           os::UniqueFd epoll);
+  ~PoolCore();
+
+  // Spawns the workers, starts the I/O thread and waits for readiness.
+  absl::Status Start();
+
+  Call Submit(std::string_view function, std::string args,
+              const CallOptions& options);
+  void Cancel(const std::shared_ptr<CallState>& call);
+  void Shutdown(absl::Duration drain, absl::Duration grace);
+
+  std::vector<FunctionInfo> Functions() const;
+  PoolStats Stats() const;
+
+ private:
+  enum class WorkerState { kStarting, kIdle, kBusy, kStopping, kExited };
+
+  // One worker process and what the pool knows of it.
+  struct Worker {
+    explicit Worker(uint32_t max_body) : reader(max_body) {}
+
+    uint32_t serial = 0;
+    std::unique_ptr<worker::WorkerProcess> process;
+    pid_t pid = -1;
+
+    // Guarded by mu_.
+    WorkerState state = WorkerState::kStarting;
+    absl::Time ready_deadline = absl::InfiniteFuture();
+    std::shared_ptr<CallState> call;  // null once abandoned
+    uint64_t running_id = 0;          // id whose final frame is awaited
+    absl::Time kill_at = absl::InfiniteFuture();
+    absl::Status fatal;               // what a FATAL frame said
+
+    // I/O thread only.
+    protocol::FrameReader reader;
+    protocol::FrameReader control_reader{1024};
+    std::string out_line;
+    std::string err_line;
+    std::string stderr_tail;
+    bool channel_open = true;
+  };
+
+  // epoll tags: worker serial << 3 | kind.
+  enum FdKind : uint64_t {
+    kChannel = 0, kControl = 1, kStdout = 2, kStderr = 3, kPidfd = 4,
+    kWaker = 7
+  };
+
+  // Spawning and the I/O loop.
+  absl::Status SpawnWorker();
+  void Watch(int fd, uint64_t tag);
+  void Unwatch(int fd);
+  void Loop();
+  int NextTimeoutMs();
+  void OnEvent(uint64_t tag, uint32_t events, Deferred* deferred);
+
+  // Frames from a worker.
+  void ReadChannel(const std::shared_ptr<Worker>& w, Deferred* deferred);
+  void ReadControl(Worker& w);
+  void HandleFrame(const std::shared_ptr<Worker>& w, protocol::Frame& frame,
+                   Deferred* deferred);
+  void HandleReady(const std::shared_ptr<Worker>& w,
+                   const protocol::Frame& frame,
+                   Deferred* deferred);
+  void HandleFinal(const std::shared_ptr<Worker>& w, protocol::Frame& frame,
+                   Deferred* deferred);
+  void HandleLog(Worker& w, const protocol::Frame& frame);
+  void KillBroken(Worker& w, absl::Status why, Deferred* deferred);
+
+  // Worker output.
+  void PumpOutput(Worker& w, bool is_stderr);
+  void FlushLines(Worker& w, bool is_stderr, bool all);
+
+  // Exits and replacements.
+  void OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred);
+  void ScheduleRespawnLocked();
+  void RespawnMissing();
+
+  // Dispatch. REQUIRES: mu_ held; returns the worker to send to, if any.
+  std::shared_ptr<Worker> TakeIdleLocked();
+  void AssignLocked(Worker& w, const std::shared_ptr<CallState>& call);
+  void DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
+                            Deferred* deferred,
+                            std::shared_ptr<CallState>* to_send);
+  void SendCall(const std::shared_ptr<Worker>& w,
+                const std::shared_ptr<CallState>& call);
+  void AbandonLocked(Worker& w);
+
+  // Deadlines and timers. REQUIRES: mu_ held.
+  void ExpireLocked(absl::Time now, Deferred* deferred);
+  absl::Status QueueDeadlineError(const CallState& call) const;
+
+  std::shared_ptr<Worker> Find(uint32_t serial);
+
+  // Fixed at construction.
+  const PoolOptions options_;
+  const worker::WorkerSpec spec_;
+  const os::Waker waker_;
+  const os::UniqueFd epoll_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // a worker changed state
+  std::map<uint32_t, std::shared_ptr<Worker>> workers_;  // guarded by mu_
+  std::vector<std::shared_ptr<Worker>> idle_;            // guarded by mu_
+  std::deque<std::shared_ptr<CallState>> queue_;         // guarded by mu_
+  std::map<std::string, FunctionInfo> catalogue_;        // guarded by mu_
+  bool catalogue_known_ = false;                         // guarded by mu_
+  bool closed_ = false;                                  // guarded by mu_
+  absl::Status start_failure_;                           // guarded by mu_
+  int missing_ = 0;                // workers to respawn; guarded by mu_
+  absl::Time respawn_at_ = absl::InfiniteFuture();       // guarded by mu_
+  int start_failures_in_row_ = 0;                        // guarded by mu_
+  uint64_t restarts_ = 0;                                // guarded by mu_
+  uint32_t next_serial_ = 1;                             // guarded by mu_
+
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> next_wake_ns_{0};  // when the loop will wake
+  std::thread io_thread_;
+  std::once_flag shutdown_once_;
+};
+
+}  // namespace snakepit::internal
+
+#endif  // SNAKEPIT_POOL_INTERNAL_POOL_CORE_H_

@@ -1,0 +1,138 @@
+#include "snakepit/pool/pool.h"
+
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "snakepit/base/status.h"
+#include "snakepit/os/process.h"
+#include "snakepit/pool/internal/pool_core.h"
+
+namespace snakepit {
+namespace {
+
+absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
+  if (options.size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pool ", options.name, " needs at least one worker"));
+  }
+  if (options.modules.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pool ", options.name, " has no modules to import"));
+  }
+  worker::WorkerSpec spec;
+  spec.pool = options.name;
+  spec.python = options.python;
+  if (spec.python.empty()) {
+    const char* env = std::getenv("SNAKEPIT_PYTHON");
+    spec.python = env && *env ? env : "python3";
+  }
+  if (absl::Status s = worker::ResolveModules(options.modules, &spec.modules,
+                                              &spec.search_paths);
+      !s.ok()) {
+    return s;
+  }
+  spec.search_paths.insert(spec.search_paths.end(),
+                           options.search_paths.begin(),
+                           options.search_paths.end());
+  absl::StatusOr<std::string> runtime =
+      worker::FindRuntimeDir(options.runtime_dir);
+  if (!runtime.ok()) {
+    return runtime.status();
+  }
+  spec.runtime_dir = *runtime;
+  spec.env = options.env;
+  spec.max_payload = options.max_payload_bytes;
+  spec.max_depth = options.max_depth;
+  return spec;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Pool>> Pool::Start(PoolOptions options) {
+  os::IgnoreSigpipe();
+  absl::StatusOr<worker::WorkerSpec> spec = MakeSpec(options);
+  if (!spec.ok()) {
+    return spec.status();
+  }
+  absl::StatusOr<os::Waker> waker = os::Waker::Create();
+  if (!waker.ok()) {
+    return waker.status();
+  }
+  int epoll = ::epoll_create1(EPOLL_CLOEXEC);
+  if (epoll < 0) {
+    return ErrnoToStatus(errno, "epoll_create1");
+  }
+  auto core = std::make_shared<internal::PoolCore>(
+      std::move(options), std::move(*spec), std::move(*waker),
+      os::UniqueFd(epoll));
+  if (absl::Status s = core->Start(); !s.ok()) {
+    core->Shutdown(absl::ZeroDuration(), absl::Seconds(1));
+    return s;
+  }
+  return std::unique_ptr<Pool>(new Pool(std::move(core)));
+}
+
+Pool::Pool(std::shared_ptr<internal::PoolCore> core)
+    : core_(std::move(core)) {}
+
+Pool::~Pool() { core_->Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
+
+Call Pool::Submit(std::string_view function, const Value& args,
+                  const CallOptions& options) {
+  if (!args.is_null() && !args.is_object() && !args.is_array()) {
+    return Call::Failed(ReasonError(
+        reason::kInvalidArgument,
+        "arguments must be a map (keywords), an array (positional) or null"));
+  }
+  std::string encoded;
+  if (!args.is_null()) {
+    absl::StatusOr<std::string> bytes = EncodeValue(args);
+    if (!bytes.ok()) {
+      return Call::Failed(bytes.status());
+    }
+    encoded = std::move(*bytes);
+  }
+  return core_->Submit(function, std::move(encoded), options);
+}
+
+Call Pool::SubmitRaw(std::string_view function, std::string args_msgpack,
+                     const CallOptions& options) {
+  if (!args_msgpack.empty()) {
+    absl::Status ok = CheckMsgpack(args_msgpack, kDefaultMaxDepth, false);
+    if (!ok.ok()) {
+      return Call::Failed(ok);
+    }
+    auto first = static_cast<unsigned char>(args_msgpack[0]);
+    bool is_map = (first & 0xf0) == 0x80 || first == 0xde || first == 0xdf;
+    bool is_array = (first & 0xf0) == 0x90 || first == 0xdc || first == 0xdd;
+    if (!is_map && !is_array) {
+      return Call::Failed(ReasonError(
+          reason::kInvalidArgument,
+          "arguments must be a msgpack map (keywords) or array "
+          "(positional)"));
+    }
+  }
+  return core_->Submit(function, std::move(args_msgpack), options);
+}
+
+absl::StatusOr<Value> Pool::Invoke(std::string_view function,
+                                   const Value& args,
+                                   const CallOptions& options) {
+  return Submit(function, args, options).Get();
+}
+
+std::vector<FunctionInfo> Pool::Functions() const {
+  return core_->Functions();
+}
+
+PoolStats Pool::Stats() const { return core_->Stats(); }
+
+void Pool::Shutdown(absl::Duration drain, absl::Duration grace) {
+  core_->Shutdown(drain, grace);
+}
+
+}  // namespace snakepit

@@ -1,0 +1,134 @@
+// A pool of Python worker processes that runs functions of Python modules.
+//
+//   snakepit::PoolOptions options;
+//   options.modules = {"examples/ml.py"};
+//   auto pool = snakepit::Pool::Start(options);
+//   absl::StatusOr<snakepit::Value> r =
+//       (*pool)->Submit("ml.predict", {{"digits", 5}}).Get();
+//
+// Each worker runs one call at a time. Calls wait in a bounded FIFO queue
+// for a free worker; one deadline covers the wait and the run. A worker
+// that dies is reaped and replaced; its call fails with worker_crashed.
+
+#ifndef SNAKEPIT_POOL_POOL_H_
+#define SNAKEPIT_POOL_POOL_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "snakepit/base/value.h"
+#include "snakepit/pool/call.h"
+
+namespace snakepit {
+
+struct PoolOptions {
+  // Name used in logs and errors.
+  std::string name = "default";
+  // Interpreter; looked up in PATH when it has no slash. Empty: the
+  // SNAKEPIT_PYTHON environment variable, else "python3".
+  std::string python;
+  // Modules the workers import: module names ("mypkg.tools") or paths to
+  // .py files ("examples/ml.py"), whose folder joins the search path.
+  std::vector<std::string> modules;
+  // Folders prepended to the workers' sys.path.
+  std::vector<std::string> search_paths;
+  // Number of worker processes, started concurrently.
+  int size = 2;
+  // Extra environment for the workers, over the host's own.
+  std::map<std::string, std::string> env;
+  // Time allowed from spawn until a worker is ready (imports and on_start
+  // hooks included).
+  absl::Duration startup_timeout = absl::Seconds(60);
+  // Largest argument or result body, in bytes, either direction.
+  uint32_t max_payload_bytes = 256u << 20;
+  // Largest nesting of arrays and maps in a value.
+  int max_depth = kDefaultMaxDepth;
+  // Calls allowed to wait for a worker; beyond it Submit fails at once
+  // with RESOURCE_EXHAUSTED (queue_full).
+  size_t max_queue = 1024;
+  // How long a worker may take to stop a cancelled or timed-out call
+  // before its process group is killed and it is replaced.
+  absl::Duration cancel_grace = absl::Seconds(2);
+  // Where the snakepit Python runtime lives. Empty: found automatically.
+  std::string runtime_dir;
+};
+
+struct CallOptions {
+  // The whole time the call may take, queue wait included.
+  absl::Duration timeout = absl::InfiniteDuration();
+};
+
+// One function of the pool's catalogue, as the worker describes it.
+struct FunctionInfo {
+  std::string name;
+  std::string kind;  // function, async, generator, async_generator
+  std::string doc;
+  std::string signature;  // "(digits: int, seed: int = 0) -> list"
+  Value raw;              // the whole catalogue entry
+};
+
+struct PoolStats {
+  int size = 0;
+  int ready = 0;     // idle and busy workers
+  int busy = 0;
+  int starting = 0;
+  size_t queued = 0;
+  uint64_t restarts = 0;  // workers replaced since start
+};
+
+namespace internal {
+class PoolCore;
+}  // namespace internal
+
+// Thread-safe. Destroying the pool shuts it down (see Shutdown).
+class Pool {
+ public:
+  // Starts the workers and waits until every one is ready. Fails with
+  // import_error, start_hook_failed or worker_start_failed (with the
+  // worker's traceback or stderr) when they cannot start.
+  static absl::StatusOr<std::unique_ptr<Pool>> Start(PoolOptions options);
+
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // Submits a call of `function` with `args`: a map (keyword arguments),
+  // an array (positional) or null (none). Never blocks on a worker.
+  Call Submit(std::string_view function, const Value& args,
+              const CallOptions& options = {});
+
+  // As Submit, with the arguments already encoded as msgpack.
+  Call SubmitRaw(std::string_view function, std::string args_msgpack,
+                 const CallOptions& options = {});
+
+  // Submit(...).Get().
+  absl::StatusOr<Value> Invoke(std::string_view function, const Value& args,
+                               const CallOptions& options = {});
+
+  // The functions the workers offer, sorted by name.
+  std::vector<FunctionInfo> Functions() const;
+
+  PoolStats Stats() const;
+
+  // Refuses new calls (pool_closed), fails queued ones, lets running
+  // calls finish for up to `drain`, then ends the workers: each is told
+  // to exit, and after `grace` its process group is killed. Returns when
+  // every worker has been reaped. Idempotent.
+  void Shutdown(absl::Duration drain = absl::ZeroDuration(),
+                absl::Duration grace = absl::Seconds(2));
+
+ private:
+  explicit Pool(std::shared_ptr<internal::PoolCore> core);
+
+  std::shared_ptr<internal::PoolCore> core_;
+};
+
+}  // namespace snakepit
+
+#endif  // SNAKEPIT_POOL_POOL_H_

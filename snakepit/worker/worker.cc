@@ -1,0 +1,222 @@
+#include "snakepit/worker/worker.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "snakepit/base/status.h"
+#include "snakepit/os/process.h"
+
+extern char** environ;
+
+namespace snakepit::worker {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool HasRuntime(const fs::path& dir) {
+  std::error_code ec;
+  return fs::exists(dir / "snakepit" / "_worker.py", ec);
+}
+
+// Thread-count variables that numeric libraries read at import. One
+// thread per worker unless the host or the pool says otherwise, so that
+// many workers importing numpy do not start thousands of threads.
+constexpr const char* kThreadVariables[] = {
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"};
+
+}  // namespace
+
+absl::Status ResolveModules(const std::vector<std::string>& modules,
+                            std::vector<std::string>* names,
+                            std::vector<std::string>* search_paths) {
+  for (const std::string& module : modules) {
+    fs::path path(module);
+    bool looks_like_path = module.find('/') != std::string::npos ||
+                           path.extension() == ".py";
+    if (!looks_like_path) {
+      names->push_back(module);
+      continue;
+    }
+    std::error_code ec;
+    fs::path absolute = fs::absolute(path, ec);
+    if (ec || !fs::exists(absolute, ec)) {
+      return absl::NotFoundError(
+          absl::StrCat("module file ", module, " does not exist"));
+    }
+    if (fs::is_directory(absolute, ec)) {
+      // A package folder: import it by its name from its parent.
+      absolute = absolute.lexically_normal();
+      if (!absolute.has_filename()) {
+        absolute = absolute.parent_path();
+      }
+      names->push_back(absolute.filename().string());
+    } else {
+      names->push_back(absolute.stem().string());
+    }
+    search_paths->push_back(absolute.parent_path().string());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured) {
+  std::vector<std::string> candidates;
+  if (!configured.empty()) {
+    candidates.push_back(configured);
+  }
+  if (const char* env = std::getenv("SNAKEPIT_RUNTIME_DIR"); env && *env) {
+    candidates.push_back(env);
+  }
+  candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
+  candidates.push_back(SNAKEPIT_SOURCE_RUNTIME_DIR);
+  for (const std::string& dir : candidates) {
+    if (HasRuntime(dir)) {
+      return dir;
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "snakepit Python runtime not found in ", absl::StrJoin(candidates, ", "),
+      "; set SNAKEPIT_RUNTIME_DIR"));
+}
+
+std::vector<std::string> WorkerArgv(const WorkerSpec& spec) {
+  std::vector<std::string> argv = {spec.python, "-m", "snakepit._worker",
+                                   "--pool", spec.pool};
+  for (const std::string& module : spec.modules) {
+    argv.insert(argv.end(), {"--module", module});
+  }
+  for (const std::string& path : spec.search_paths) {
+    argv.insert(argv.end(), {"--path", path});
+  }
+  argv.insert(argv.end(), {"--max-payload", std::to_string(spec.max_payload),
+                           "--max-depth", std::to_string(spec.max_depth)});
+  return argv;
+}
+
+std::vector<std::string> WorkerEnv(const WorkerSpec& spec) {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view entry(*e);
+    size_t eq = entry.find('=');
+    if (eq != std::string_view::npos) {
+      env[std::string(entry.substr(0, eq))] = std::string(entry.substr(eq + 1));
+    }
+  }
+  for (const char* name : kThreadVariables) {
+    env.try_emplace(name, "1");
+  }
+  for (const auto& [name, value] : spec.env) {
+    env[name] = value;
+  }
+  std::string& pythonpath = env["PYTHONPATH"];
+  pythonpath = pythonpath.empty()
+                   ? spec.runtime_dir
+                   : absl::StrCat(spec.runtime_dir, ":", pythonpath);
+  env["SNAKEPIT_HOST_PID"] = std::to_string(::getpid());
+
+  std::vector<std::string> out;
+  out.reserve(env.size());
+  for (const auto& [name, value] : env) {
+    out.push_back(absl::StrCat(name, "=", value));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(
+    const WorkerSpec& spec) {
+  os::UniqueFd channel, channel_child, control, control_child;
+  os::UniqueFd out_read, out_write, err_read, err_write;
+  for (absl::Status s :
+       {os::MakeSocketPair(&channel, &channel_child),
+        os::MakeSocketPair(&control, &control_child),
+        os::MakePipe(&out_read, &out_write),
+        os::MakePipe(&err_read, &err_write)}) {
+    if (!s.ok()) {
+      return s;
+    }
+  }
+  // The child's ends are moved above fd 4, so that every dup2 in the
+  // child changes the number and so clears close-on-exec.
+  auto high_channel = os::DupAtLeast(channel_child.get(), 10);
+  auto high_control = os::DupAtLeast(control_child.get(), 10);
+  if (!high_channel.ok() || !high_control.ok()) {
+    return high_channel.ok() ? high_control.status() : high_channel.status();
+  }
+
+  os::SpawnRequest request;
+  request.argv = WorkerArgv(spec);
+  request.env = WorkerEnv(spec);
+  request.fds = {{out_write.get(), 1},
+                 {err_write.get(), 2},
+                 {high_channel->get(), protocol::kChannelFd},
+                 {high_control->get(), protocol::kControlFd}};
+  absl::StatusOr<os::SpawnedProcess> spawned = os::Spawn(request);
+  if (!spawned.ok()) {
+    return ReasonError(reason::kWorkerStartFailed,
+                       absl::StrCat("cannot start worker for pool ", spec.pool,
+                                    ": ", spawned.status().message()));
+  }
+
+  auto worker = std::unique_ptr<WorkerProcess>(new WorkerProcess());
+  worker->pid_ = spawned->pid;
+  worker->pidfd_ = std::move(spawned->pidfd);
+  worker->stdout_ = std::move(out_read);
+  worker->stderr_ = std::move(err_read);
+  worker->channel_ = std::move(channel);
+  worker->control_ = std::move(control);
+  for (int fd : {worker->channel_.get(), worker->control_.get()}) {
+    if (absl::Status s = os::SetNonBlocking(fd); !s.ok()) {
+      worker->SignalGroup(SIGKILL);
+      return s;
+    }
+  }
+  return worker;
+}
+
+absl::Status WorkerProcess::Send(protocol::FrameType type, uint64_t id,
+                                 std::string_view header,
+                                 std::string_view body, absl::Time deadline) {
+  char prefix[protocol::kPrefixSize];
+  protocol::EncodePrefix({type, static_cast<uint32_t>(header.size()),
+                          static_cast<uint32_t>(body.size()), id},
+                         prefix);
+  struct iovec iov[3] = {
+      {prefix, sizeof(prefix)},
+      {const_cast<char*>(header.data()), header.size()},
+      {const_cast<char*>(body.data()), body.size()}};
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (!channel_.valid()) {
+    return absl::UnavailableError("worker channel is closed");
+  }
+  return os::SendAll(channel_.get(), iov, 3, deadline);
+}
+
+absl::Status WorkerProcess::SendControl(protocol::FrameType type,
+                                        uint64_t id) {
+  char prefix[protocol::kPrefixSize];
+  protocol::EncodePrefix({type, 0, 0, id}, prefix);
+  struct iovec iov[1] = {{prefix, sizeof(prefix)}};
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (!control_.valid()) {
+    return absl::UnavailableError("worker control socket is closed");
+  }
+  return os::SendAll(control_.get(), iov, 1,
+                     absl::Now() + absl::Seconds(1));
+}
+
+void WorkerProcess::CloseSockets() {
+  std::lock_guard<std::mutex> lock(send_mu_);
+  channel_.Reset();
+  control_.Reset();
+}
+
+void WorkerProcess::SignalGroup(int signal) const {
+  os::SignalGroup(pid_, signal);
+}
+
+}  // namespace snakepit::worker

@@ -1,0 +1,97 @@
+// One Python worker process: how it is started and how the host writes to
+// it. The pool owns reading (on its I/O thread) and lifecycle decisions.
+
+#ifndef SNAKEPIT_WORKER_WORKER_H_
+#define SNAKEPIT_WORKER_WORKER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "snakepit/os/fd.h"
+#include "snakepit/protocol/frame.h"
+
+namespace snakepit::worker {
+
+// Everything needed to start a worker of one pool.
+struct WorkerSpec {
+  std::string pool;
+  std::string python;
+  std::vector<std::string> modules;       // module names
+  std::vector<std::string> search_paths;  // absolute folders
+  std::map<std::string, std::string> env;
+  uint32_t max_payload = 0;
+  int max_depth = 0;
+  std::string runtime_dir;  // folder holding the snakepit package
+};
+
+// Splits user-facing module arguments ("examples/ml.py", "pkg.mod") into
+// module names and search paths. NOT_FOUND for a path that does not exist.
+absl::Status ResolveModules(const std::vector<std::string>& modules,
+                            std::vector<std::string>* names,
+                            std::vector<std::string>* search_paths);
+
+// The folder holding the snakepit Python package: `configured` when set,
+// else $SNAKEPIT_RUNTIME_DIR, else the installed copy, else the source
+// tree this binary was built from.
+absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured);
+
+// The worker's argv and environment; see docs/protocol.md, "Handshake".
+std::vector<std::string> WorkerArgv(const WorkerSpec& spec);
+std::vector<std::string> WorkerEnv(const WorkerSpec& spec);
+
+// A started worker process and the host's ends of its sockets and pipes.
+//
+// Thread-safe for Send/SendControl; the fds are read by one thread only.
+class WorkerProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<WorkerProcess>> Start(
+      const WorkerSpec& spec);
+
+  pid_t pid() const { return pid_; }
+  int channel_fd() const { return channel_.get(); }
+  int control_fd() const { return control_.get(); }
+  int stdout_fd() const { return stdout_.get(); }
+  int stderr_fd() const { return stderr_.get(); }
+  int pidfd() const { return pidfd_.get(); }
+
+  // Sends one frame on the channel; gives up at `deadline`.
+  absl::Status Send(protocol::FrameType type, uint64_t id,
+                    std::string_view header, std::string_view body,
+                    absl::Time deadline);
+
+  // Sends a header-less frame on the control socket.
+  absl::Status SendControl(protocol::FrameType type, uint64_t id);
+
+  // Closes both sockets: the worker reads end of file and exits.
+  void CloseSockets();
+
+  // Signals the worker's process group (the worker and its children).
+  void SignalGroup(int signal) const;
+
+ private:
+  WorkerProcess() = default;
+
+  // Fixed at construction.
+  pid_t pid_ = -1;
+  os::UniqueFd pidfd_;
+  os::UniqueFd stdout_;
+  os::UniqueFd stderr_;
+
+  // Guarded by send_mu_ (writers); readers use the fds without it.
+  std::mutex send_mu_;
+  os::UniqueFd channel_;
+  os::UniqueFd control_;
+};
+
+}  // namespace snakepit::worker
+
+#endif  // SNAKEPIT_WORKER_WORKER_H_

@@ -1,0 +1,581 @@
+// Multi-process tests of Pool against real Python workers running
+// tests/pool/fixtures/faults.py.
+
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "snakepit/base/status.h"
+#include "snakepit/pool/pool.h"
+#include "snakepit/testing/log_capture.h"
+
+namespace snakepit {
+namespace {
+
+const char* kDebianPython = "/usr/bin/python3";
+
+std::string FixturePath(const std::string& name) {
+  return std::string(SNAKEPIT_TEST_DIR) + "/pool/fixtures/" + name;
+}
+
+std::unique_ptr<Pool> StartPool(int size = 2,
+                                const std::string& python = kDebianPython,
+                                PoolOptions options = {}) {
+  options.modules = {FixturePath("faults.py")};
+  options.python = python;
+  options.size = size;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_TRUE(pool.ok()) << pool.status();
+  return pool.ok() ? std::move(*pool) : nullptr;
+}
+
+double SecondsSince(absl::Time start) {
+  return absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+// Child processes of this test process that are zombies.
+int CountZombieChildren() {
+  int zombies = 0;
+  DIR* proc = opendir("/proc");
+  while (struct dirent* entry = readdir(proc)) {
+    std::ifstream stat(std::string("/proc/") + entry->d_name + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) {
+      continue;
+    }
+    size_t close = line.rfind(')');
+    char state = 0;
+    int ppid = 0;
+    if (close != std::string::npos &&
+        sscanf(line.c_str() + close + 2, "%c %d", &state, &ppid) == 2 &&
+        ppid == getpid() && state == 'Z') {
+      ++zombies;
+    }
+  }
+  closedir(proc);
+  return zombies;
+}
+
+// Waits until the pool has `size` ready workers, or 5 s.
+bool AwaitFullSize(Pool& pool, int size) {
+  absl::Time limit = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < limit) {
+    PoolStats stats = pool.Stats();
+    if (stats.ready == size && stats.starting == 0) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+TEST(PoolTest, CallsAFunctionWithKeywordAndPositionalArguments) {
+  auto pool = StartPool();
+  ASSERT_TRUE(pool);
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 2}, {"b", 40}}), 42);
+  EXPECT_EQ(*pool->Invoke("faults.add", Value::array({1, 2})), 3);
+  EXPECT_EQ(*pool->Invoke("faults.echo", nullptr), nullptr);
+}
+
+TEST(PoolTest, ListsTheCatalogueWithSignatures) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::vector<FunctionInfo> functions = pool->Functions();
+  auto add = std::find_if(functions.begin(), functions.end(),
+                          [](auto& f) { return f.name == "faults.add"; });
+  ASSERT_NE(add, functions.end());
+  EXPECT_EQ(add->kind, "function");
+  EXPECT_EQ(add->signature, "(a: int, b: int = 0) -> int");
+  auto ticker = std::find_if(functions.begin(), functions.end(),
+                             [](auto& f) { return f.name == "faults.ticker"; });
+  ASSERT_NE(ticker, functions.end());
+  EXPECT_EQ(ticker->kind, "generator");
+}
+
+TEST(PoolTest, UnknownFunctionFailsNotFound) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.nope", nullptr);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReasonOf(r.status()), "unknown_function");
+}
+
+TEST(PoolTest, WrongArgumentsFailInvalidArgument) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.add", {{"c", 1}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReasonOf(r.status()), "invalid_argument");
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 1}}), 1);
+}
+
+TEST(PoolTest, SigkilledWorkerFailsItsCallOnlyAndIsReplaced) {
+  auto pool = StartPool(2);
+  ASSERT_TRUE(pool);
+  Call victim = pool->Submit("faults.kill_self", {{"after", 0.2}});
+  Call survivor = pool->Submit("faults.sleep", {{"seconds", 0.6}});
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> failed = victim.Get();
+  EXPECT_LT(SecondsSince(start), 1.0);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ReasonOf(failed.status()), "worker_crashed");
+  EXPECT_NE(failed.status().message().find("SIGKILL"), std::string::npos)
+      << failed.status();
+  EXPECT_EQ(*survivor.Get(), 0.6);
+  EXPECT_TRUE(AwaitFullSize(*pool, 2));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(*pool->Invoke("faults.add", {{"a", i}}), i);
+  }
+  EXPECT_EQ(pool->Stats().restarts, 1u);
+}
+
+TEST(PoolTest, ExitZeroDuringACallIsACrashAndLeavesNoZombie) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.exit_with", {{"status", 0}});
+  EXPECT_EQ(ReasonOf(r.status()), "worker_crashed");
+  EXPECT_NE(r.status().message().find("exited with status 0"),
+            std::string::npos)
+      << r.status();
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(CountZombieChildren(), 0);
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 5}}), 5);
+}
+
+TEST(PoolTest, HostSurvivesWritingToAWorkerThatJustDied) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  int pid = pool->Invoke("faults.pid", nullptr)->get<int>();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  // The pool may still think the worker idle; writing to it must be an
+  // error for this call, not a SIGPIPE for the host.
+  for (int i = 0; i < 20; ++i) {
+    absl::StatusOr<Value> r = pool->Invoke("faults.add", {{"a", i}});
+    if (!r.ok()) {
+      EXPECT_EQ(ReasonOf(r.status()), "worker_crashed") << r.status();
+    }
+  }
+  EXPECT_TRUE(AwaitFullSize(*pool, 1));
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 7}}), 7);
+}
+
+TEST(PoolTest, DeadlineFailsAtTimeAndTheLateReplyGoesNowhere) {
+  PoolOptions options;
+  options.cancel_grace = absl::Seconds(5);
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  absl::Time start = absl::Now();
+  Call slow = pool->Submit("faults.busy_then_return", {{"seconds", 1.5}},
+                           {absl::Seconds(1)});
+  absl::StatusOr<Value> r = slow.Get();
+  double took = SecondsSince(start);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GT(took, 0.95);
+  EXPECT_LT(took, 1.3);
+  // The worker answers the abandoned call at 1.5 s; that answer must not
+  // become this call's result.
+  absl::StatusOr<Value> next = pool->Invoke("faults.echo", {{"value", "mine"}});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, "mine");
+}
+
+TEST(PoolTest, TimedOutCallThatIgnoresCancelGetsItsWorkerReplaced) {
+  PoolOptions options;
+  options.cancel_grace = absl::Milliseconds(300);
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  int before = pool->Invoke("faults.pid", nullptr)->get<int>();
+  absl::StatusOr<Value> r = pool->Invoke("faults.sleep", {{"seconds", 10}},
+                                         {absl::Milliseconds(500)});
+  EXPECT_EQ(ReasonOf(r.status()), "deadline_exceeded");
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> after = pool->Invoke("faults.pid", nullptr,
+                                             {absl::Seconds(10)});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_NE(after->get<int>(), before);
+  EXPECT_LT(SecondsSince(start), 3.0);
+}
+
+TEST(PoolTest, QueueFullFailsAtOnce) {
+  PoolOptions options;
+  options.max_queue = 2;
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  std::vector<Call> calls;
+  for (int i = 0; i < 3; ++i) {  // one running, two queued
+    calls.push_back(pool->Submit("faults.sleep", {{"seconds", 0.5}}));
+  }
+  absl::Time start = absl::Now();
+  Call rejected = pool->Submit("faults.sleep", {{"seconds", 0.5}});
+  EXPECT_TRUE(rejected.Done());
+  EXPECT_LT(SecondsSince(start), 0.05);
+  EXPECT_EQ(rejected.Get().status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ReasonOf(rejected.Get().status()), "queue_full");
+  for (Call& c : calls) {
+    EXPECT_TRUE(c.Get().ok());
+  }
+}
+
+TEST(PoolTest, CancelledQueuedCallNeverRuns) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string marker = ::testing::TempDir() + "/never_ran";
+  std::remove(marker.c_str());
+  Call blocker = pool->Submit("faults.sleep", {{"seconds", 0.3}});
+  Call queued = pool->Submit("faults.guarded_ticker", {{"marker", marker}});
+  queued.Cancel();
+  EXPECT_EQ(queued.Get().status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(blocker.Get().ok());
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 1}}), 1);
+  EXPECT_FALSE(std::ifstream(marker).good());
+}
+
+TEST(PoolTest, CompletionCallbackRunsOnce) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::atomic<int> runs{0};
+  std::atomic<bool> ok{false};
+  Call call = pool->Submit("faults.sleep", {{"seconds", 0.05}});
+  call.OnComplete([&](const absl::Status& s) {
+    ok = s.ok();
+    ++runs;
+  });
+  ASSERT_TRUE(call.WaitFor(absl::Seconds(5)));
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_TRUE(ok.load());
+  call.OnComplete([&](const absl::Status&) { ++runs; });  // already done
+  EXPECT_EQ(runs.load(), 2);
+}
+
+TEST(PoolTest, GeneratorStreamsFirstChunkPromptly) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::Time start = absl::Now();
+  Call call = pool->Submit("faults.ticker", {{"n", 5}, {"interval", 0.1}});
+  absl::StatusOr<std::optional<Value>> first = call.Next();
+  EXPECT_LT(SecondsSince(start), 0.2);
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ(**first, 0);
+  std::vector<int> rest;
+  while (true) {
+    absl::StatusOr<std::optional<Value>> chunk = call.Next();
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    if (!chunk->has_value()) {
+      break;
+    }
+    rest.push_back((*chunk)->get<int>());
+  }
+  EXPECT_EQ(rest, (std::vector<int>{1, 2, 3, 4}));
+}
+
+TEST(PoolTest, GetOnAGeneratorReturnsEveryChunk) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> all =
+      pool->Invoke("faults.ticker", {{"n", 3}, {"interval", 0.0}});
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(*all, Value::array({0, 1, 2}));
+}
+
+TEST(PoolTest, CancellingAStreamClosesTheGenerator) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string marker = ::testing::TempDir() + "/stream_closed";
+  std::remove(marker.c_str());
+  Call call = pool->Submit("faults.guarded_ticker",
+                           {{"marker", marker}, {"interval", 0.05}});
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(call.Next().ok());
+  }
+  call.Cancel();
+  absl::Time limit = absl::Now() + absl::Seconds(1);
+  while (!std::ifstream(marker).good() && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(std::ifstream(marker).good()) << "finally did not run";
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 3}}), 3);
+}
+
+TEST(PoolTest, AsyncFunctionsRun) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  EXPECT_EQ(*pool->Invoke("faults.async_add", {{"a", 1}, {"b", 2}}), 3);
+}
+
+TEST(PoolTest, ContextSeesTheDeadline) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  Call call = pool->Submit("faults.remaining", nullptr, {absl::Seconds(30)});
+  absl::StatusOr<Value> r = call.Get();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)["call_id"], call.id());
+  EXPECT_GT((*r)["remaining"].get<double>(), 25.0);
+  EXPECT_LE((*r)["remaining"].get<double>(), 30.0);
+}
+
+TEST(PoolTest, WorkerOutputGoesToTheLogNotTheChannel) {
+  testing::ClearLog();
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<Value> r = pool->Invoke("faults.chatty", {{"i", i}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(*r, 2 * i);
+  }
+  pool->Shutdown();
+  EXPECT_GE(testing::CountLogged("faults: printed at import"), 1);
+  EXPECT_EQ(testing::CountLogged("stdout: print 99"), 1);
+  EXPECT_EQ(testing::CountLogged("stdout: write 42"), 1);
+  EXPECT_EQ(testing::CountLogged("stdout: oswrite 7"), 1);
+  EXPECT_EQ(testing::CountLogged("stdout: puts 63"), 1);
+  EXPECT_EQ(testing::CountLogged("stderr: stderr 5"), 1);
+}
+
+TEST(PoolTest, MegabyteOfStderrDoesNotBlockTheWorker) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.flood_stderr",
+                                         {{"n_bytes", 1 << 20}},
+                                         {absl::Seconds(20)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE(r->get<int>(), 1 << 20);
+}
+
+TEST(PoolTest, SixtyFourMegabytesEachWayArriveExactly) {
+  const uint32_t kBig = 64u << 20;
+  PoolOptions options;
+  options.max_payload_bytes = kBig + 64;  // room for msgpack framing
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+
+  std::string data(kBig, '\0');
+  for (size_t i = 0; i < data.size(); ++i) {
+    data[i] = static_cast<char>((i * 7919) >> 3);
+  }
+  absl::StatusOr<Value> seen = pool->Invoke("faults.byte_len",
+                                            {{"data", Bytes(data)}},
+                                            {absl::Seconds(60)});
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ((*seen)["len"], kBig);
+
+  absl::StatusOr<Value> made = pool->Invoke("faults.make_bytes",
+                                            {{"n", kBig}}, {absl::Seconds(60)});
+  ASSERT_TRUE(made.ok()) << made.status();
+  ASSERT_TRUE(made->is_binary());
+  const auto& bin = made->get_binary();
+  ASSERT_EQ(bin.size(), kBig);
+  for (size_t i = 0; i < bin.size(); i += 4093) {
+    ASSERT_EQ(bin[i], static_cast<uint8_t>(i % 256)) << i;
+  }
+}
+
+TEST(PoolTest, OneByteOverThePayloadLimitFailsBothWays) {
+  PoolOptions options;
+  options.max_payload_bytes = 1 << 20;
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  // A bin of n bytes encodes to n + 5 bytes inside a 1-entry map of
+  // 6 more ("data" key + fixmap header).
+  std::string over(options.max_payload_bytes - 11 + 1, 'x');
+  absl::StatusOr<Value> r =
+      pool->Invoke("faults.byte_len", {{"data", Bytes(over)}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ReasonOf(r.status()), "payload_too_large");
+  EXPECT_NE(r.status().message().find("1048576-byte"), std::string::npos);
+  EXPECT_NE(r.status().message().find("host→worker"), std::string::npos);
+  std::string fits(options.max_payload_bytes - 11, 'x');
+  EXPECT_TRUE(pool->Invoke("faults.byte_len", {{"data", Bytes(fits)}}).ok());
+
+  // A bin of n bytes encodes to n + 5: n + 5 = limit + 1 is one over.
+  int pid = pool->Invoke("faults.pid", nullptr)->get<int>();
+  absl::StatusOr<Value> back = pool->Invoke(
+      "faults.make_bytes", {{"n", options.max_payload_bytes - 5 + 1}});
+  EXPECT_EQ(ReasonOf(back.status()), "payload_too_large") << back.status();
+  EXPECT_NE(back.status().message().find("worker→host"), std::string::npos);
+  EXPECT_EQ(*pool->Invoke("faults.pid", nullptr), pid);
+}
+
+TEST(PoolTest, DeepNestingFailsCleanlyBothWays) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  Value deep = Value::array();
+  for (int i = 0; i < 100000; ++i) {
+    Value outer = Value::array();
+    outer.push_back(std::move(deep));
+    deep = std::move(outer);
+  }
+  absl::StatusOr<Value> r = pool->Invoke("faults.echo", {{"value", deep}});
+  EXPECT_EQ(ReasonOf(r.status()), "payload_too_deep") << r.status();
+
+  // The same nesting as raw msgpack, straight past the Value layer.
+  std::string raw = "\x81\xa5value";
+  raw.append(100000, '\x91');
+  raw += '\xc0';
+  r = pool->SubmitRaw("faults.echo", raw).Get();
+  EXPECT_EQ(ReasonOf(r.status()), "payload_too_deep") << r.status();
+
+  r = pool->Invoke("faults.deep", {{"levels", 100000}});
+  EXPECT_EQ(ReasonOf(r.status()), "payload_too_deep") << r.status();
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 9}}), 9);
+}
+
+// Behaviour that must not depend on the interpreter or on whether the
+// msgpack package is installed: runs on Debian's python3 (with msgpack)
+// and on the first python3 in PATH (without it, on this project's
+// machines).
+class CodecPoolTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    pool_ = StartPool(1, GetParam());
+    ASSERT_TRUE(pool_);
+  }
+  std::unique_ptr<Pool> pool_;
+};
+
+TEST_P(CodecPoolTest, ExceptionsKeepTypeMessageAndTraceback) {
+  int pid = pool_->Invoke("faults.pid", nullptr)->get<int>();
+  absl::StatusOr<Value> r = pool_->Invoke("faults.raise_two_arg", nullptr);
+  EXPECT_EQ(ReasonOf(r.status()), "python_exception");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnknown);
+  PythonDetails details = PythonDetailsOf(r.status());
+  EXPECT_EQ(details.type, "faults.TwoArgError");
+  EXPECT_NE(r.status().message().find("needs two arguments"),
+            std::string::npos);
+  EXPECT_NE(details.traceback.find("raise TwoArgError"), std::string::npos);
+
+  r = pool_->Invoke("faults.raise_bad_str", nullptr);
+  EXPECT_EQ(ReasonOf(r.status()), "python_exception");
+  details = PythonDetailsOf(r.status());
+  EXPECT_EQ(details.type, "faults.BadStrError");
+  EXPECT_NE(r.status().message().find("unprintable"), std::string::npos);
+  EXPECT_NE(details.traceback.find("raise BadStrError"), std::string::npos);
+  EXPECT_EQ(*pool_->Invoke("faults.pid", nullptr), pid);
+}
+
+TEST_P(CodecPoolTest, UnencodableResultsNameTypeAndPath) {
+  int pid = pool_->Invoke("faults.pid", nullptr)->get<int>();
+  for (const char* kind : {"set", "object", "lock", "generator"}) {
+    absl::StatusOr<Value> r =
+        pool_->Invoke("faults.return_unencodable", {{"kind", kind}});
+    EXPECT_EQ(ReasonOf(r.status()), "serialization_error") << kind;
+    EXPECT_EQ(PythonDetailsOf(r.status()).path, "$.a[2]") << kind;
+    std::string message(r.status().message());
+    std::string type = std::string(kind) == "lock" ? "lock" : kind;
+    EXPECT_NE(message.find(type), std::string::npos) << message;
+  }
+  EXPECT_EQ(*pool_->Invoke("faults.pid", nullptr), pid);
+}
+
+TEST_P(CodecPoolTest, SpecialFloatsRoundTripBitForBit) {
+  absl::StatusOr<Value> r = pool_->Invoke("faults.floats", nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(std::isnan((*r)[0].get<double>()));
+  EXPECT_EQ((*r)[1].get<double>(), INFINITY);
+  EXPECT_EQ((*r)[2].get<double>(), -INFINITY);
+  EXPECT_TRUE(std::signbit((*r)[3].get<double>()));
+  EXPECT_EQ((*r)[4].get<double>(), 1e-310);
+
+  Value sent = Value::array({std::nan(""), INFINITY, -INFINITY, -0.0, 0.1});
+  absl::StatusOr<Value> bits = pool_->Invoke("faults.float_bits",
+                                             {{"values", sent}});
+  ASSERT_TRUE(bits.ok()) << bits.status();
+  EXPECT_EQ(*bits, Value::array({"7ff8000000000000", "7ff0000000000000",
+                                 "fff0000000000000", "8000000000000000",
+                                 "3fb999999999999a"}));
+  absl::StatusOr<Value> echoed = pool_->Invoke("faults.echo",
+                                               {{"value", sent}});
+  ASSERT_TRUE(echoed.ok());
+  EXPECT_TRUE(std::signbit((*echoed)[3].get<double>()));
+  EXPECT_EQ((*echoed)[4].get<double>(), 0.1);
+}
+
+TEST_P(CodecPoolTest, HugeIntegerIsAClearError) {
+  absl::StatusOr<Value> r = pool_->Invoke("faults.bigint", nullptr);
+  EXPECT_EQ(ReasonOf(r.status()), "serialization_error") << r.status();
+  EXPECT_EQ(PythonDetailsOf(r.status()).path, "$.n");
+  Value extremes = Value::array({INT64_MIN, UINT64_MAX});
+  EXPECT_EQ(*pool_->Invoke("faults.echo", {{"value", extremes}}), extremes);
+}
+
+TEST_P(CodecPoolTest, StringsRoundTripExactly) {
+  std::string tricky = "emoji \xF0\x9F\x90\x8D nul ";
+  tricky += '\0';
+  tricky += " sep \xE2\x80\xA8 end";
+  absl::StatusOr<Value> r = pool_->Invoke("faults.echo", {{"value", tricky}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->get<std::string>(), tricky);
+
+  r = pool_->Invoke("faults.lone_surrogate", nullptr);
+  EXPECT_EQ(ReasonOf(r.status()), "serialization_error") << r.status();
+}
+
+TEST_P(CodecPoolTest, BytesStayBytes) {
+  std::string raw("\x00\xff\x80 binary", 10);
+  absl::StatusOr<Value> r = pool_->Invoke("faults.echo",
+                                          {{"value", Bytes(raw)}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->is_binary());
+  EXPECT_EQ(std::string(r->get_binary().begin(), r->get_binary().end()), raw);
+}
+
+INSTANTIATE_TEST_SUITE_P(Interpreters, CodecPoolTest,
+                         ::testing::Values("/usr/bin/python3", "python3"));
+
+TEST(PoolStartTest, ImportErrorFailsStartWithTheTraceback) {
+  PoolOptions options;
+  options.modules = {FixturePath("broken_import.py")};
+  options.python = kDebianPython;
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_LT(SecondsSince(start), 5.0);
+  ASSERT_FALSE(pool.ok());
+  EXPECT_EQ(ReasonOf(pool.status()), "import_error");
+  EXPECT_NE(pool.status().message().find("fails at import"),
+            std::string::npos)
+      << pool.status();
+  EXPECT_NE(PythonDetailsOf(pool.status()).traceback.find("broken_import"),
+            std::string::npos);
+}
+
+TEST(PoolStartTest, MissingInterpreterFailsStart) {
+  PoolOptions options;
+  options.modules = {FixturePath("faults.py")};
+  options.python = "/nonexistent/python3";
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  ASSERT_FALSE(pool.ok());
+  EXPECT_EQ(ReasonOf(pool.status()), "worker_start_failed") << pool.status();
+}
+
+TEST(PoolStartTest, ShutdownLeavesNoWorkerBehind) {
+  auto pool = StartPool(3);
+  ASSERT_TRUE(pool);
+  std::vector<int> pids;
+  for (int i = 0; i < 6; ++i) {
+    pids.push_back(pool->Invoke("faults.pid", nullptr)->get<int>());
+  }
+  pool->Shutdown();
+  for (int pid : pids) {
+    EXPECT_NE(kill(pid, 0), 0) << "worker " << pid << " still exists";
+  }
+  absl::StatusOr<Value> r = pool->Invoke("faults.pid", nullptr);
+  EXPECT_EQ(ReasonOf(r.status()), "pool_closed");
+}
+
+}  // namespace
+}  // namespace snakepit
+
+int main(int argc, char** argv) {
+  snakepit::testing::InstallLogCapture();
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
