@@ -37,6 +37,7 @@ __all__ = [
     "HAVE_MSGPACK",
     "MsgpackCodec",
     "new_codec",
+    "safe_text",
 ]
 
 SERIALIZATION_ERROR = "serialization_error"
@@ -53,7 +54,7 @@ _LEN_MAX = (1 << 32) - 1
 _BIG_BIN = 1 << 20
 
 
-def _safe_text(text: str) -> str:
+def safe_text(text: str) -> str:
     """Returns `text` with lone surrogates escaped, so it is valid UTF-8."""
     try:
         text.encode("utf-8")
@@ -72,10 +73,10 @@ class CodecError(Exception):
 
     def __init__(self, reason: str, message: str,
                  path: Optional[str] = None) -> None:
-        super().__init__(_safe_text(message))
+        super().__init__(safe_text(message))
         self.reason = reason
-        self.message = _safe_text(message)
-        self.path = None if path is None else _safe_text(path)
+        self.message = safe_text(message)
+        self.path = None if path is None else safe_text(path)
 
 
 class EncodeError(CodecError):
@@ -443,9 +444,8 @@ class _Encoder:
         if converted is _NOT_CONVERTED or _from_numpy(
                 converted) is not _NOT_CONVERTED:
             raise EncodeError(SERIALIZATION_ERROR,
-                              f"cannot serialize a value of type "
-                              f"{_type_name(value)} at {self._path()}",
-                              self._path())
+                              f"{_type_name(value)} at {self._path()} is "
+                              f"not a msgpack type", self._path())
         return converted
 
 

@@ -12,6 +12,7 @@ import builtins
 import inspect
 from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
 
+from ._codec import safe_text
 from ._context import Context
 
 __all__ = ["FunctionEntry", "catalogue", "entries", "function", "hooks",
@@ -62,7 +63,7 @@ class FunctionEntry:
         self.catalogue: Dict[str, Any] = {
             "name": name,
             "kind": self.kind,
-            "doc": inspect.getdoc(fn) or "",
+            "doc": safe_text(inspect.getdoc(fn) or ""),
             "params": params,
             "returns": _annotation_text(signature.return_annotation),
         }
@@ -226,7 +227,7 @@ def _annotation_text(annotation: Any) -> str:
     if annotation is inspect.Parameter.empty:
         return ""
     if isinstance(annotation, str):
-        return annotation
+        return safe_text(annotation)
     if annotation is None:
         return "None"
     # A class, but not `list[int]`, which passes isinstance(x, type) on 3.9.
@@ -239,7 +240,7 @@ def _annotation_text(annotation: Any) -> str:
 
 def _safe_repr(value: Any) -> str:
     try:
-        return repr(value)
+        return safe_text(repr(value))
     except Exception:
         return f"<{type(value).__name__} with a failing repr>"
 

@@ -141,6 +141,16 @@ int StreamCall(Call& call, const std::string& output) {
   }
 }
 
+// The first paragraph of a docstring, on one line.
+std::string FirstParagraph(const std::string& doc) {
+  std::string out;
+  size_t end = doc.find("\n\n");
+  for (char c : doc.substr(0, end)) {
+    out += c == '\n' ? ' ' : c;
+  }
+  return out;
+}
+
 }  // namespace
 
 bool ParseTimeout(const std::string& text, absl::Duration* out) {
@@ -198,8 +208,7 @@ int RunFnList(const PoolFlags& pool_flags, const std::string& output) {
     std::printf("%s%s  [%s]\n", f.name.c_str(), f.signature.c_str(),
                 f.kind.c_str());
     if (!f.doc.empty()) {
-      std::string first = f.doc.substr(0, f.doc.find('\n'));
-      std::printf("    %s\n", first.c_str());
+      std::printf("    %s\n", FirstParagraph(f.doc).c_str());
     }
   }
   return kExitOk;

@@ -185,12 +185,20 @@ absl::Status FrameReader::ReadFrom(int fd, bool* eof) {
       if (errno == EAGAIN) {
         return failed_;
       }
+      if (errno == ECONNRESET) {  // the peer died with unread input
+        *eof = true;
+        return failed_;
+      }
       return ErrnoToStatus(errno, "read from worker");
     }
 
     scratch_.resize(kReadChunk);
     ssize_t n = os::ReadSome(fd, scratch_.data(), kReadChunk);
     if (n == 0) {
+      *eof = true;
+      return failed_;
+    }
+    if (n < 0 && errno == ECONNRESET) {  // the peer died with unread input
       *eof = true;
       return failed_;
     }

@@ -44,7 +44,7 @@ int CountLogged(const std::string& needle) {
   std::lock_guard<std::mutex> lock(lines_mu);
   int n = 0;
   for (const std::string& line : lines) {
-    n += line.find(needle) != std::string::npos;
+    n += line.ends_with(needle);
   }
   return n;
 }

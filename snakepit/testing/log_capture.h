@@ -15,7 +15,7 @@ void InstallLogCapture();
 // Every line logged since the last ClearLog(), formatted without a time.
 std::vector<std::string> LoggedLines();
 
-// Number of logged lines that contain `needle`.
+// Number of logged lines that end with `needle`.
 int CountLogged(const std::string& needle);
 
 void ClearLog();

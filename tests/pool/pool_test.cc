@@ -414,7 +414,10 @@ TEST(PoolTest, DeepNestingFailsCleanlyBothWays) {
     outer.push_back(std::move(deep));
     deep = std::move(outer);
   }
-  absl::StatusOr<Value> r = pool->Invoke("faults.echo", {{"value", deep}});
+  // Moved, not copied: nlohmann's copy constructor recurses.
+  Value args = Value::object();
+  args["value"] = std::move(deep);
+  absl::StatusOr<Value> r = pool->Invoke("faults.echo", args);
   EXPECT_EQ(ReasonOf(r.status()), "payload_too_deep") << r.status();
 
   // The same nesting as raw msgpack, straight past the Value layer.

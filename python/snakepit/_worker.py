@@ -1,0 +1,667 @@
+"""The worker process: serves one pool's Python functions to the host.
+
+The host runs
+
+    python -m snakepit._worker --module NAME [--module NAME ...]
+        [--path DIR ...] --max-payload BYTES --max-depth N --pool NAME
+
+with the channel socket on fd 3 and the control socket on fd 4, and
+stdout and stderr on pipes it drains. docs/protocol.md is the spec.
+
+Data flow:
+
+    host                                  worker
+    ----                                  ------
+    fd 3 channel  <-- HELLO ------------  main thread, before any user code
+                  <-- READY | FATAL ----  import --module, on_start hooks
+                  --- CALL ------------>  read frame > decode args > look up
+                                          the dispatch table > run by kind:
+                                            function   call here
+                                            async      task on one loop
+                                            generator  next() per chunk
+                  <-- CHUNK* -----------  each yield, encoded as produced
+                  <-- LOG* -------------  ctx.logger, from any thread
+                  <-- RESULT | ERROR ---  exactly one final frame per id
+                  --- GOODBYE --------->  exit 0
+    fd 4 control  --- CANCEL ---------->  control thread: flag the call,
+                                          cancel its asyncio task
+                  --- PING ------------>
+                  <-- PONG {busy} ------  even while a call holds the GIL
+    end of fd 3 or fd 4: the host is gone; kill our process group, exit.
+
+Threads: the main thread alone reads fd 3 and runs calls. The control
+thread alone reads and writes fd 4. fd 3 is written through one locked
+`FrameWriter` by the main thread, by user threads (LOG) and by the control
+thread (FATAL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import inspect
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from types import TracebackType
+from typing import (Any, Callable, Deque, Dict, List, NamedTuple, NoReturn,
+                    Optional, Sequence, Tuple)
+
+from snakepit import __version__
+from snakepit._codec import (DEFAULT_MAX_DEPTH, DecodeError, EncodeError,
+                             new_codec, safe_text)
+from snakepit._context import CallState, Context, LogSink
+from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, DEFAULT_MAX_PAYLOAD,
+                                MAX_BODY_LEN, PROTOCOL_VERSION,
+                                ChannelClosed, Frame, FrameReader,
+                                FrameType, FrameWriter, ProtocolError, Reason)
+from snakepit._registry import FunctionEntry, catalogue, entries, hooks
+
+EXIT_FATAL = 3
+
+_CALL = FrameType.CALL
+_RESULT = FrameType.RESULT
+_CHUNK = FrameType.CHUNK
+_CHANNEL_TYPES = frozenset((FrameType.CALL, FrameType.GOODBYE))
+_CONTROL_TYPES = frozenset((FrameType.CANCEL, FrameType.PING))
+
+# CANCELs that overtake their CALL (fd 4 is read apart from fd 3) are
+# remembered; ids are never reused, so a few stale ones do no harm.
+_EARLY_CANCELS_KEPT = 64
+
+# An async generator's driver returns this once it has sent the ERROR.
+_REPLIED = object()
+
+Runner = Callable[[Callable[..., Any], CallState, List[Any], Dict[str, Any]],
+                  None]
+
+
+class Options(NamedTuple):
+    """The worker's command line."""
+
+    modules: List[str]
+    paths: List[str]
+    max_payload: int
+    max_depth: int
+    pool: str
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Parses the command line; exits with status 2 on a bad one."""
+    parser = argparse.ArgumentParser(
+        prog="python -m snakepit._worker",
+        description="Snakepit worker; started by a Snakepit host with its "
+                    "sockets on fds 3 and 4.")
+    parser.add_argument("--module", action="append", default=[],
+                        dest="modules", help="module to import (repeated)")
+    parser.add_argument("--path", action="append", default=[],
+                        dest="paths", help="directory to prepend to "
+                                           "sys.path (repeated)")
+    parser.add_argument("--max-payload", type=int,
+                        default=DEFAULT_MAX_PAYLOAD,
+                        help="largest result or chunk body, in bytes")
+    parser.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH,
+                        help="deepest nesting of arrays and maps")
+    parser.add_argument("--pool", default="default", help="pool name")
+    args = parser.parse_args(argv)
+    if args.max_payload < 0:
+        parser.error("--max-payload must not be negative")
+    if args.max_depth < 1:
+        parser.error("--max-depth must be at least 1")
+    # A body longer than its 32-bit length field cannot be framed anyway.
+    max_payload = min(args.max_payload, MAX_BODY_LEN)
+    return Options(args.modules, args.paths, max_payload, args.max_depth,
+                   args.pool)
+
+
+class Worker:
+    """Serves calls on the channel until GOODBYE or the host's end."""
+
+    def __init__(self, options: Options, channel: socket.socket,
+                 control: socket.socket) -> None:
+        self._options = options
+        self._pid = os.getpid()
+        self._codec = new_codec(options.max_depth)
+        self._channel = FrameWriter(channel, self._codec)
+        self._reader = FrameReader(channel, self._codec, _CHANNEL_TYPES,
+                                   max_body=options.max_payload)
+        self._control = control
+        self._table: Dict[str, Tuple[FunctionEntry, Runner]] = {}
+        self._loop: Any = None  # asyncio loop, made by the first async call.
+        self._exiting = False
+
+        # Guarded by _call_lock: the call being run, CANCELs that came
+        # before their CALL, and each call's task.
+        self._call_lock = threading.Lock()
+        self._current: Optional[CallState] = None
+        self._early_cancels: Deque[int] = collections.deque(
+            maxlen=_EARLY_CANCELS_KEPT)
+
+    def run(self) -> int:
+        """Runs the worker; returns its exit status (0 after GOODBYE)."""
+        self._send(FrameType.HELLO, 0, {
+            "protocol": PROTOCOL_VERSION,
+            "pid": self._pid,
+            "python": platform.python_version(),
+            "runtime": __version__,
+            "codec": self._codec.name,
+        })
+        if not _prepare_process():
+            _exit_host_gone()
+        threading.Thread(target=self._control_loop, name="snakepit-control",
+                         daemon=True).start()
+        self._import_modules()
+        self._run_start_hooks()
+        self._send(FrameType.READY, 0, {"functions": catalogue()})
+        return self._serve()
+
+    # Start-up ----------------------------------------------------------------
+
+    def _import_modules(self) -> None:
+        sys.path[0:0] = self._options.paths
+        for name in self._options.modules:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:
+                self._fatal(Reason.IMPORT_ERROR,
+                            f"cannot import module {name!r}: "
+                            f"{_describe(exc)}", exc)
+        runners: Dict[str, Runner] = {
+            "function": self._run_function,
+            "async": self._run_async,
+            "generator": self._run_generator,
+            "async_generator": self._run_async_generator,
+        }
+        self._table = {name: (entry, runners[entry.kind])
+                       for name, entry in entries().items()}
+
+    def _run_start_hooks(self) -> None:
+        for hook in hooks():
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    self._event_loop().run_until_complete(result)
+            except BaseException as exc:
+                name = getattr(hook, "__qualname__", repr(hook))
+                self._fatal(Reason.START_HOOK_FAILED,
+                            f"on_start hook {name} failed: "
+                            f"{_describe(exc)}", exc)
+
+    # The channel -------------------------------------------------------------
+
+    def _serve(self) -> int:
+        read = self._reader.read
+        while True:
+            try:
+                frame = read()
+            except ChannelClosed:
+                _exit_host_gone()
+            except ProtocolError as exc:
+                self._fatal(Reason.PROTOCOL_ERROR, str(exc))
+            if frame.type == _CALL:
+                self._on_call(frame)
+            else:  # GOODBYE: no call is running, so we are done.
+                self._exiting = True
+                if self._loop is not None:
+                    self._loop.close()
+                return 0
+
+    def _on_call(self, frame: Frame) -> None:
+        call_id = frame.id
+        name = frame.header.get("fn")
+        found = self._table.get(name) if type(name) is str else None
+        if found is None:
+            self._send_error(call_id, Reason.UNKNOWN_FUNCTION,
+                             f"no function {name!r} in pool "
+                             f"{self._options.pool!r}")
+            return
+        if frame.body is None:
+            self._send_error(call_id, Reason.PAYLOAD_TOO_LARGE,
+                             f"arguments of {frame.body_len} bytes exceed "
+                             f"the {self._options.max_payload}-byte payload "
+                             f"limit (host→worker)")
+            return
+        try:
+            args, kwargs = self._decode_args(frame.body)
+        except DecodeError as exc:
+            self._send_error(call_id, exc.reason,
+                             f"cannot decode the arguments: {exc.message}",
+                             path=exc.path)
+            return
+
+        entry, runner = found
+        state = self._begin_call(call_id)
+        try:
+            if entry.context_name is not None and not self._add_context(
+                    entry, state, frame.header, args, kwargs):
+                return
+            runner(entry.fn, state, args, kwargs)
+        finally:
+            self._current = None
+
+    def _decode_args(self, body: memoryview
+                     ) -> Tuple[List[Any], Dict[str, Any]]:
+        """Returns (args, kwargs); non-str keys fail when the call binds."""
+        if not body:
+            return [], {}
+        value = self._codec.decode(body)
+        if type(value) is list:
+            return value, {}
+        if type(value) is dict:
+            return [], value
+        raise DecodeError(Reason.SERIALIZATION_ERROR,
+                          f"arguments must be an array or a map, not "
+                          f"{type(value).__name__}", "$")
+
+    def _add_context(self, entry: FunctionEntry, state: CallState,
+                     header: Dict[Any, Any], args: List[Any],
+                     kwargs: Dict[str, Any]) -> bool:
+        """Puts a Context among the arguments; False if it cannot go."""
+        name = entry.context_name
+        if name in kwargs:
+            self._send_error(state.id, Reason.INVALID_ARGUMENT,
+                             f"argument {name!r} takes the call's Context "
+                             f"and cannot be passed")
+            return False
+        timeout_ms = header.get("timeout_ms")
+        deadline = None
+        if type(timeout_ms) in (int, float) and timeout_ms >= 0:
+            deadline = time.monotonic() + timeout_ms / 1000
+        ctx = Context(state.id, entry.name, deadline, self._options.pool,
+                      self._pid, state=state, sink=self._log_sink(state.id))
+        index = entry.context_index
+        if index is not None and len(args) >= index:
+            args.insert(index, ctx)
+        else:
+            kwargs[name] = ctx
+        return True
+
+    def _log_sink(self, call_id: int) -> LogSink:
+        channel = self._channel
+
+        def sink(level: int, logger: str, message: str) -> None:
+            channel.send(FrameType.LOG, call_id, {
+                "level": level,
+                "logger": safe_text(logger),
+                "message": safe_text(message),
+            })
+        return sink
+
+    # Running calls, by kind --------------------------------------------------
+    #
+    # Each runner sends exactly one final frame. The call itself sits in a
+    # `try` of the runner's own frame: a TypeError whose traceback ends
+    # there was raised while binding the arguments (invalid_argument).
+
+    def _run_function(self, fn: Callable[..., Any], state: CallState,
+                      args: List[Any], kwargs: Dict[str, Any]) -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+            return
+        self._send_value(_RESULT, state.id, result)
+
+    def _run_generator(self, fn: Callable[..., Any], state: CallState,
+                       args: List[Any], kwargs: Dict[str, Any]) -> None:
+        try:
+            generator = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+            return
+        while True:
+            if state.cancelled:
+                _close_quietly(generator)
+                self._send_cancelled(state.id)
+                return
+            try:
+                item = next(generator)
+            except StopIteration as stop:
+                self._send_value(_RESULT, state.id, stop.value)
+                return
+            except BaseException as exc:
+                self._send_exception(state.id, exc)
+                return
+            if not self._send_value(_CHUNK, state.id, item):
+                _close_quietly(generator)
+                return
+
+    def _run_async(self, fn: Callable[..., Any], state: CallState,
+                   args: List[Any], kwargs: Dict[str, Any]) -> None:
+        try:
+            coroutine = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+            return
+        self._run_task(coroutine, state)
+
+    def _run_async_generator(self, fn: Callable[..., Any], state: CallState,
+                             args: List[Any], kwargs: Dict[str, Any]) -> None:
+        try:
+            generator = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+            return
+        self._run_task(self._drain_async(generator, state), state)
+
+    def _run_task(self, coroutine: Any, state: CallState) -> None:
+        """Runs a coroutine as a task the control thread can cancel."""
+        import asyncio
+        loop = self._event_loop()
+        task = loop.create_task(coroutine)
+        with self._call_lock:
+            state.task = task
+            cancelled = state.cancelled
+        if cancelled:
+            task.cancel()
+        try:
+            result = loop.run_until_complete(task)
+        except asyncio.CancelledError as exc:
+            if state.cancelled:
+                self._send_cancelled(state.id)
+            else:
+                self._send_exception(state.id, exc)
+            return
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+            return
+        if result is not _REPLIED:
+            self._send_value(_RESULT, state.id, result)
+
+    async def _drain_async(self, generator: Any, state: CallState) -> Any:
+        """Sends an async generator's items as chunks; see _run_generator."""
+        import asyncio
+        while True:
+            if state.cancelled:
+                await generator.aclose()
+                raise asyncio.CancelledError()
+            try:
+                item = await generator.__anext__()
+            except StopAsyncIteration:
+                return None
+            if not self._send_value(_CHUNK, state.id, item):
+                await generator.aclose()
+                return _REPLIED
+
+    def _event_loop(self) -> Any:
+        if self._loop is None:
+            import asyncio
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+        return self._loop
+
+    # Replies -----------------------------------------------------------------
+
+    def _send_value(self, ftype: int, call_id: int, value: Any) -> bool:
+        """Sends a RESULT or CHUNK, or the ERROR that replaces it.
+
+        Returns False if an ERROR went instead: the call is over.
+        """
+        what = "result" if ftype == _RESULT else "chunk"
+        try:
+            body = self._codec.encode_buffers(value)
+        except EncodeError as exc:
+            self._send_error(call_id, exc.reason,
+                             f"cannot serialize the {what}: {exc.message}",
+                             path=exc.path)
+            return False
+        size = sum(map(len, body))
+        if size > self._options.max_payload:
+            self._send_error(call_id, Reason.PAYLOAD_TOO_LARGE,
+                             f"{what} of {size} bytes exceeds the "
+                             f"{self._options.max_payload}-byte payload "
+                             f"limit (worker→host)")
+            return False
+        self._send(ftype, call_id, None, body)
+        return True
+
+    def _send_exception(self, call_id: int, exc: BaseException) -> None:
+        tb = exc.__traceback__
+        if isinstance(exc, TypeError) and tb is not None and tb.tb_next is None:
+            self._send_error(call_id, Reason.INVALID_ARGUMENT,
+                             _message_of(exc))
+            return
+        self._send_error(call_id, Reason.PYTHON_EXCEPTION, _message_of(exc),
+                         type=_type_name(exc),
+                         traceback=_format_traceback(exc))
+
+    def _send_cancelled(self, call_id: int) -> None:
+        self._send_error(call_id, Reason.CANCELLED, "the call was cancelled")
+
+    def _send_error(self, call_id: int, reason: str, message: str,
+                    **fields: Optional[str]) -> None:
+        header = {"reason": reason, "message": safe_text(message)}
+        for key, value in fields.items():
+            if value is not None:
+                header[key] = safe_text(value)
+        self._send(FrameType.ERROR, call_id, header)
+
+    def _send(self, ftype: int, fid: int,
+              header: Optional[Dict[str, Any]] = None,
+              body: Sequence[Any] = ()) -> None:
+        try:
+            self._channel.send(ftype, fid, header, body)
+        except ChannelClosed:
+            if not self._exiting:
+                _exit_host_gone()
+
+    def _fatal(self, reason: str, message: str,
+               exc: Optional[BaseException] = None) -> NoReturn:
+        """Sends FATAL and exits with status 3."""
+        header = {"reason": reason, "message": safe_text(message)}
+        if exc is not None:
+            header["type"] = safe_text(_type_name(exc))
+            header["traceback"] = safe_text(_format_traceback(exc))
+        self._send(FrameType.FATAL, 0, header)
+        _flush_stdio()
+        os._exit(EXIT_FATAL)
+
+    # Calls in flight, shared with the control thread -------------------------
+
+    def _begin_call(self, call_id: int) -> CallState:
+        with self._call_lock:
+            cancelled = bool(self._early_cancels) and (
+                call_id in self._early_cancels)
+            if cancelled:
+                self._early_cancels.remove(call_id)
+            state = CallState(call_id, cancelled)
+            self._current = state
+        return state
+
+    def _cancel(self, call_id: int) -> None:
+        with self._call_lock:
+            state = self._current
+            if state is None or state.id != call_id:
+                if call_id not in self._early_cancels:
+                    self._early_cancels.append(call_id)
+                return
+            state.cancelled = True
+            task = state.task
+        if task is not None:
+            try:
+                self._loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass  # The loop is closed: the call has ended.
+
+    # The control socket ------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        """Answers PING and applies CANCEL; runs on its own thread."""
+        reader = FrameReader(self._control, self._codec, _CONTROL_TYPES,
+                             max_body=0)
+        writer = FrameWriter(self._control, self._codec)
+        try:
+            while True:
+                frame = reader.read()
+                if frame.type == FrameType.PING:
+                    busy = self._current is not None
+                    writer.send(FrameType.PONG, frame.id, {"busy": busy})
+                else:
+                    self._cancel(frame.id)
+        except ChannelClosed:
+            if not self._exiting:
+                _exit_host_gone()
+        except ProtocolError as exc:
+            self._fatal(Reason.PROTOCOL_ERROR, f"control socket: {exc}")
+
+
+# The process -----------------------------------------------------------------
+
+def _prepare_process() -> bool:
+    """Sets up stdio and the parent-death signal.
+
+    Returns False if the host is already gone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore
+        except Exception:
+            pass
+    libc = _libc()
+    if libc is not None:
+        _line_buffer_c_stdout(libc)
+        _arm_parent_death_signal(libc)
+    expected = os.environ.get("SNAKEPIT_HOST_PID", "")
+    return not expected.isdigit() or os.getppid() == int(expected)
+
+
+def _libc() -> Any:
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        return None
+
+
+def _line_buffer_c_stdout(libc: Any) -> None:
+    """Makes C's stdout line-buffered, so C output is not held back.
+
+    Must run before any C code writes to stdout.
+    """
+    try:
+        import ctypes
+        libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                 ctypes.c_int, ctypes.c_size_t]
+        stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        libc.setvbuf(stdout, None, 1, 0)  # 1 is _IOLBF.
+    except Exception:
+        pass
+
+
+def _arm_parent_death_signal(libc: Any) -> None:
+    """Asks Linux to SIGKILL us when the host dies (best effort).
+
+    The kernel tracks the host *thread* that spawned us; the host must
+    spawn from a thread that lives as long as the pool does.
+    """
+    try:
+        import ctypes
+        pr_set_pdeathsig = 1
+        libc.prctl(ctypes.c_int(pr_set_pdeathsig),
+                   ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0))
+    except Exception:
+        pass
+
+
+def _exit_host_gone() -> NoReturn:
+    """Kills our process group (children included) and exits.
+
+    The host makes each worker lead its own group; a worker that does not
+    (started by hand or by a test) must not kill the group it joined.
+    """
+    try:
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _close_quietly(generator: Any) -> None:
+    """Closes a generator, running its `finally`; ignores what it raises."""
+    try:
+        generator.close()
+    except BaseException:
+        pass
+
+
+# Describing exceptions -------------------------------------------------------
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _type_name(exc: BaseException) -> str:
+    """Returns `module.QualName`, or the bare name of a builtin."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    if module in (None, "builtins"):
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def _message_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException as inner:
+        return (f"<unprintable {type(exc).__name__}: __str__ raised "
+                f"{type(inner).__name__}>")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{_type_name(exc)}: {_message_of(exc)}"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """Formats the traceback from the first frame of user code on."""
+    try:
+        tb = _skip_runtime_frames(exc.__traceback__)
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        return "<the traceback could not be formatted>"
+
+
+def _skip_runtime_frames(tb: Optional[TracebackType]
+                         ) -> Optional[TracebackType]:
+    prefixes = [_RUNTIME_DIR]
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and getattr(asyncio, "__file__", None):
+        prefixes.append(os.path.dirname(asyncio.__file__) + os.sep)
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(
+            tuple(prefixes)):
+        tb = tb.tb_next
+    return tb
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a worker on fds 3 and 4; returns the exit status."""
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        channel = socket.socket(fileno=CHANNEL_FD)
+        control = socket.socket(fileno=CONTROL_FD)
+    except OSError as exc:
+        print(f"snakepit worker: fds {CHANNEL_FD} and {CONTROL_FD} must be "
+              f"the host's sockets: {exc}", file=sys.stderr)
+        return 2
+    for sock in (channel, control):
+        sock.settimeout(None)  # Blocking, whatever the host handed over.
+        sock.set_inheritable(False)  # Not for the user's subprocesses.
+    return Worker(options, channel, control).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
