@@ -26,6 +26,7 @@ __all__ = [
     "FrameType",
     "FrameWriter",
     "MAX_BODY_LEN",
+    "MAX_HEADER_DEPTH",
     "MAX_HEADER_LEN",
     "PREFIX",
     "PROTOCOL_VERSION",
@@ -42,6 +43,9 @@ CHANNEL_FD = 3
 CONTROL_FD = 4
 
 MAX_HEADER_LEN = 1 << 20
+# Headers are protocol structure, not payload: the pool's --max-depth does
+# not apply to them. READY's catalogue is the deepest, at 5 levels.
+MAX_HEADER_DEPTH = 32
 DEFAULT_MAX_PAYLOAD = 256 << 20
 MAX_BODY_LEN = (1 << 32) - 1  # What `body_len` can hold.
 
@@ -111,15 +115,18 @@ _KEEP_BUFFER = 16 << 20
 class FrameReader:
     """Reads frames from a stream socket into one reusable buffer.
 
+    `header_codec` decodes headers (its depth limit should be
+    MAX_HEADER_DEPTH); bodies are left to the caller.
+
     Not thread-safe: exactly one thread reads each socket. A read may take
     bytes of the next frame along; they stay in the buffer for later.
     """
 
-    def __init__(self, sock: socket.socket, codec: Codec,
+    def __init__(self, sock: socket.socket, header_codec: Codec,
                  allowed: AbstractSet[int],
                  max_body: int = MAX_BODY_LEN) -> None:
         self._sock = sock
-        self._codec = codec
+        self._codec = header_codec
         self._allowed = allowed
         self._max_body = max_body
         self._new_buffer(_INITIAL_BUFFER)
@@ -235,9 +242,9 @@ class FrameWriter:
     main thread's results, a user thread's `ctx.logger` records).
     """
 
-    def __init__(self, sock: socket.socket, codec: Codec) -> None:
+    def __init__(self, sock: socket.socket, header_codec: Codec) -> None:
         self._sock = sock
-        self._codec = codec
+        self._codec = header_codec
         self._lock = threading.Lock()
 
     def send(self, ftype: int, fid: int,

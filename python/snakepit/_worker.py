@@ -58,7 +58,8 @@ from snakepit._codec import (DEFAULT_MAX_DEPTH, DecodeError, EncodeError,
                              new_codec, safe_text)
 from snakepit._context import CallState, Context, LogSink
 from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, DEFAULT_MAX_PAYLOAD,
-                                MAX_BODY_LEN, PROTOCOL_VERSION,
+                                MAX_BODY_LEN, MAX_HEADER_DEPTH,
+                                PROTOCOL_VERSION,
                                 ChannelClosed, Frame, FrameReader,
                                 FrameType, FrameWriter, ProtocolError, Reason)
 from snakepit._registry import FunctionEntry, catalogue, entries, hooks
@@ -68,12 +69,18 @@ EXIT_FATAL = 3
 _CALL = FrameType.CALL
 _RESULT = FrameType.RESULT
 _CHUNK = FrameType.CHUNK
+_ERROR = FrameType.ERROR
 _CHANNEL_TYPES = frozenset((FrameType.CALL, FrameType.GOODBYE))
 _CONTROL_TYPES = frozenset((FrameType.CANCEL, FrameType.PING))
 
 # CANCELs that overtake their CALL (fd 4 is read apart from fd 3) are
 # remembered; ids are never reused, so a few stale ones do no harm.
 _EARLY_CANCELS_KEPT = 64
+
+# Longest texts sent in a header, in characters (up to 4 bytes each), so
+# that one ERROR or LOG stays well under the 1 MiB header limit.
+_MAX_MESSAGE_CHARS = 32 << 10
+_MAX_TRACEBACK_CHARS = 128 << 10
 
 # An async generator's driver returns this once it has sent the ERROR.
 _REPLIED = object()
@@ -128,8 +135,10 @@ class Worker:
         self._options = options
         self._pid = os.getpid()
         self._codec = new_codec(options.max_depth)
-        self._channel = FrameWriter(channel, self._codec)
-        self._reader = FrameReader(channel, self._codec, _CHANNEL_TYPES,
+        self._header_codec = new_codec(MAX_HEADER_DEPTH)
+        self._channel = FrameWriter(channel, self._header_codec)
+        self._reader = FrameReader(channel, self._header_codec,
+                                   _CHANNEL_TYPES,
                                    max_body=options.max_payload)
         self._control = control
         self._table: Dict[str, Tuple[FunctionEntry, Runner]] = {}
@@ -288,8 +297,8 @@ class Worker:
         def sink(level: int, logger: str, message: str) -> None:
             channel.send(FrameType.LOG, call_id, {
                 "level": level,
-                "logger": safe_text(logger),
-                "message": safe_text(message),
+                "logger": _clip(logger, _MAX_MESSAGE_CHARS),
+                "message": _clip(message, _MAX_TRACEBACK_CHARS),
             })
         return sink
 
@@ -328,9 +337,12 @@ class Worker:
             except BaseException as exc:
                 self._send_exception(state.id, exc)
                 return
-            if not self._send_value(_CHUNK, state.id, item):
+            body = self._encode_value(_CHUNK, item)
+            if type(body) is dict:
                 _close_quietly(generator)
+                self._send(FrameType.ERROR, state.id, body)
                 return
+            self._send(_CHUNK, state.id, None, body)
 
     def _run_async(self, fn: Callable[..., Any], state: CallState,
                    args: List[Any], kwargs: Dict[str, Any]) -> None:
@@ -379,15 +391,18 @@ class Worker:
         import asyncio
         while True:
             if state.cancelled:
-                await generator.aclose()
+                await _aclose_quietly(generator)
                 raise asyncio.CancelledError()
             try:
                 item = await generator.__anext__()
             except StopAsyncIteration:
                 return None
-            if not self._send_value(_CHUNK, state.id, item):
-                await generator.aclose()
+            body = self._encode_value(_CHUNK, item)
+            if type(body) is dict:
+                await _aclose_quietly(generator)
+                self._send(FrameType.ERROR, state.id, body)
                 return _REPLIED
+            self._send(_CHUNK, state.id, None, body)
 
     def _event_loop(self) -> Any:
         if self._loop is None:
@@ -398,28 +413,34 @@ class Worker:
 
     # Replies -----------------------------------------------------------------
 
-    def _send_value(self, ftype: int, call_id: int, value: Any) -> bool:
-        """Sends a RESULT or CHUNK, or the ERROR that replaces it.
+    def _send_value(self, ftype: int, call_id: int, value: Any) -> None:
+        """Sends a RESULT or CHUNK, or the ERROR that replaces it."""
+        body = self._encode_value(ftype, value)
+        if type(body) is dict:
+            self._send(FrameType.ERROR, call_id, body)
+        else:
+            self._send(ftype, call_id, None, body)
 
-        Returns False if an ERROR went instead: the call is over.
+    def _encode_value(self, ftype: int, value: Any) -> Any:
+        """Returns a result or chunk as body buffers, or an ERROR header.
+
+        An ERROR header (a dict) means the call is over.
         """
         what = "result" if ftype == _RESULT else "chunk"
         try:
             body = self._codec.encode_buffers(value)
         except EncodeError as exc:
-            self._send_error(call_id, exc.reason,
-                             f"cannot serialize the {what}: {exc.message}",
-                             path=exc.path)
-            return False
+            return _error_header(
+                exc.reason, f"cannot serialize the {what}: {exc.message}",
+                path=exc.path or "$")
         size = sum(map(len, body))
-        if size > self._options.max_payload:
-            self._send_error(call_id, Reason.PAYLOAD_TOO_LARGE,
-                             f"{what} of {size} bytes exceeds the "
-                             f"{self._options.max_payload}-byte payload "
-                             f"limit (worker→host)")
-            return False
-        self._send(ftype, call_id, None, body)
-        return True
+        limit = self._options.max_payload
+        if size > limit:
+            return _error_header(
+                Reason.PAYLOAD_TOO_LARGE,
+                f"{what} of {size} bytes exceeds the {limit}-byte payload "
+                f"limit (worker→host)")
+        return body
 
     def _send_exception(self, call_id: int, exc: BaseException) -> None:
         tb = exc.__traceback__
@@ -436,15 +457,16 @@ class Worker:
 
     def _send_error(self, call_id: int, reason: str, message: str,
                     **fields: Optional[str]) -> None:
-        header = {"reason": reason, "message": safe_text(message)}
-        for key, value in fields.items():
-            if value is not None:
-                header[key] = safe_text(value)
-        self._send(FrameType.ERROR, call_id, header)
+        self._send(FrameType.ERROR, call_id,
+                   _error_header(reason, message, **fields))
 
     def _send(self, ftype: int, fid: int,
               header: Optional[Dict[str, Any]] = None,
               body: Sequence[Any] = ()) -> None:
+        if ftype == _RESULT or ftype == _ERROR:
+            # The call is over once the host can see its final frame; a
+            # PING answered after that must not say busy.
+            self._current = None
         try:
             self._channel.send(ftype, fid, header, body)
         except ChannelClosed:
@@ -454,10 +476,10 @@ class Worker:
     def _fatal(self, reason: str, message: str,
                exc: Optional[BaseException] = None) -> NoReturn:
         """Sends FATAL and exits with status 3."""
-        header = {"reason": reason, "message": safe_text(message)}
+        header = _error_header(reason, message)
         if exc is not None:
-            header["type"] = safe_text(_type_name(exc))
-            header["traceback"] = safe_text(_format_traceback(exc))
+            header = _error_header(reason, message, type=_type_name(exc),
+                                   traceback=_format_traceback(exc))
         self._send(FrameType.FATAL, 0, header)
         _flush_stdio()
         os._exit(EXIT_FATAL)
@@ -493,9 +515,9 @@ class Worker:
 
     def _control_loop(self) -> None:
         """Answers PING and applies CANCEL; runs on its own thread."""
-        reader = FrameReader(self._control, self._codec, _CONTROL_TYPES,
-                             max_body=0)
-        writer = FrameWriter(self._control, self._codec)
+        reader = FrameReader(self._control, self._header_codec,
+                             _CONTROL_TYPES, max_body=0)
+        writer = FrameWriter(self._control, self._header_codec)
         try:
             while True:
                 frame = reader.read()
@@ -599,7 +621,34 @@ def _close_quietly(generator: Any) -> None:
         pass
 
 
-# Describing exceptions -------------------------------------------------------
+async def _aclose_quietly(generator: Any) -> None:
+    """Closes an async generator, like `_close_quietly`."""
+    try:
+        await generator.aclose()
+    except BaseException:
+        pass
+
+
+# Describing errors -----------------------------------------------------------
+
+def _error_header(reason: str, message: str,
+                  **fields: Optional[str]) -> Dict[str, str]:
+    """Returns ERROR / FATAL header fields, clipped to valid UTF-8 text."""
+    header = {"reason": reason, "message": _clip(message,
+                                                 _MAX_MESSAGE_CHARS)}
+    for key, value in fields.items():
+        if value is not None:
+            long = key in ("traceback", "path")
+            header[key] = _clip(value, _MAX_TRACEBACK_CHARS if long
+                                else _MAX_MESSAGE_CHARS)
+    return header
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    return safe_text(text)
+
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 

@@ -21,6 +21,7 @@ void CallState::AddChunk(std::string chunk) {
 bool CallState::Finish(absl::Status final_status, std::string final_result,
                        Deferred* deferred) {
   std::vector<std::function<void(const absl::Status&)>> to_run;
+  std::shared_ptr<const os::Waker> wake;
   {
     std::lock_guard<std::mutex> lock(mu);
     if (done) {
@@ -32,12 +33,23 @@ bool CallState::Finish(absl::Status final_status, std::string final_result,
     done_flag.store(true, std::memory_order_release);
     to_run.swap(callbacks);
     cv.notify_all();
+    if (driver_wake && driver != std::this_thread::get_id()) {
+      wake = driver_wake;
+    }
+  }
+  if (wake) {
+    wake->Wake();
   }
   for (auto& callback : to_run) {
     deferred->push_back(
         [callback = std::move(callback), s = status] { callback(s); });
   }
   return true;
+}
+
+bool CallState::WaiterCanReturn() {
+  std::lock_guard<std::mutex> lock(mu);
+  return done || (want_chunk.load() && !chunks.empty());
 }
 
 void RunDeferred(Deferred& deferred) {
@@ -82,7 +94,25 @@ Call::Call(std::shared_ptr<internal::CallState> state)
 
 uint64_t Call::id() const { return state_->id; }
 
+namespace {
+
+// Lets the waiting thread read its worker's reply itself, which saves a
+// thread handoff per call; returns when the call is done or the pool
+// cannot hand over the reading (see PoolCore::Drive).
+void Drive(const std::shared_ptr<internal::CallState>& state,
+           absl::Time until) {
+  if (state->WaiterCanReturn()) {
+    return;
+  }
+  if (auto pool = state->pool.lock()) {
+    pool->Drive(state, until);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> Call::GetRaw() const {
+  Drive(state_, absl::InfiniteFuture());
   std::unique_lock<std::mutex> lock(state_->mu);
   state_->cv.wait(lock, [&] { return state_->done; });
   if (!state_->status.ok()) {
@@ -110,6 +140,7 @@ absl::StatusOr<Value> Call::Get() const {
 }
 
 bool Call::WaitFor(absl::Duration timeout) const {
+  Drive(state_, absl::Now() + timeout);
   std::unique_lock<std::mutex> lock(state_->mu);
   return state_->cv.wait_for(lock, absl::ToChronoNanoseconds(timeout),
                              [&] { return state_->done; });
@@ -148,6 +179,8 @@ void Call::OnComplete(
 }
 
 absl::StatusOr<std::optional<std::string>> Call::NextRaw() const {
+  state_->want_chunk.store(true);
+  Drive(state_, absl::InfiniteFuture());
   std::unique_lock<std::mutex> lock(state_->mu);
   state_->cv.wait(lock,
                   [&] { return state_->done || !state_->chunks.empty(); });

@@ -11,10 +11,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "snakepit/os/fd.h"
 
 namespace snakepit::internal {
 
@@ -46,9 +48,18 @@ struct CallState {
   bool result_taken = false;        // Next() returned the result
   std::deque<std::string> chunks;   // streamed, not yet taken
   std::vector<std::function<void(const absl::Status&)>> callbacks;
+  // Set while a waiting thread reads the worker's channel itself (see
+  // PoolCore::Drive); Finish from any other thread wakes it through this.
+  std::shared_ptr<const os::Waker> driver_wake;
+  std::thread::id driver;
 
   // Mirrors `done` for lock-free checks.
   std::atomic<bool> done_flag{false};
+  // A Next() waits: a thread driving the call stops at the next chunk.
+  std::atomic<bool> want_chunk{false};
+
+  // True when a waiting thread has what it waits for.
+  bool WaiterCanReturn();
 
   // Appends a streamed chunk unless the call has ended.
   void AddChunk(std::string chunk);

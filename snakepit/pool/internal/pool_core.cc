@@ -1,5 +1,6 @@
 #include "snakepit/pool/internal/pool_core.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
 
@@ -139,7 +140,13 @@ absl::Status PoolCore::SpawnWorker() {
   if (!process.ok()) {
     return process.status();
   }
+  absl::StatusOr<os::Waker> interrupt = os::Waker::Create();
+  if (!interrupt.ok()) {
+    (*process)->SignalGroup(SIGKILL);
+    return interrupt.status();
+  }
   auto w = std::make_shared<Worker>(options_.max_payload_bytes);
+  w->interrupt = std::make_shared<const os::Waker>(std::move(*interrupt));
   w->process = std::move(*process);
   w->pid = w->process->pid();
   w->ready_deadline = absl::Now() + options_.startup_timeout;
@@ -149,7 +156,7 @@ absl::Status PoolCore::SpawnWorker() {
     workers_[w->serial] = w;
   }
   uint64_t base = static_cast<uint64_t>(w->serial) << 3;
-  Watch(w->process->channel_fd(), base | kChannel);
+  Watch(w->process->channel_fd(), base | kChannel, EPOLLIN | EPOLLET);
   Watch(w->process->control_fd(), base | kControl);
   Watch(w->process->stdout_fd(), base | kStdout);
   Watch(w->process->stderr_fd(), base | kStderr);
@@ -158,9 +165,9 @@ absl::Status PoolCore::SpawnWorker() {
   return absl::OkStatus();
 }
 
-void PoolCore::Watch(int fd, uint64_t tag) {
+void PoolCore::Watch(int fd, uint64_t tag, uint32_t events) {
   struct epoll_event event = {};
-  event.events = EPOLLIN;
+  event.events = events;
   event.data.u64 = tag;
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
     // Only a bug (a bad or duplicate fd) can get here.
@@ -377,6 +384,16 @@ void PoolCore::Loop() {
     for (int i = 0; i < n; ++i) {
       OnEvent(events[i].data.u64, events[i].events, &deferred);
     }
+    std::vector<uint32_t> recheck;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      recheck.swap(recheck_);
+    }
+    for (uint32_t serial : recheck) {
+      if (std::shared_ptr<Worker> w = Find(serial)) {
+        OnChannelEvent(w, &deferred);
+      }
+    }
     bool respawn = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -434,7 +451,7 @@ void PoolCore::OnEvent(uint64_t tag, uint32_t events, Deferred* deferred) {
   }
   switch (tag & 7) {
     case kChannel:
-      ReadChannel(w, deferred);
+      OnChannelEvent(w, deferred);
       break;
     case kControl:
       ReadControl(*w);
@@ -454,6 +471,107 @@ void PoolCore::OnEvent(uint64_t tag, uint32_t events, Deferred* deferred) {
 
 // ---------------------------------------------------------------------------
 // Frames from workers.
+
+bool PoolCore::AcquireReader(Worker& w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (w.reader_busy) {
+    return false;
+  }
+  w.reader_busy = true;
+  return true;
+}
+
+void PoolCore::ReleaseReader(const std::shared_ptr<Worker>& w) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    w->reader_busy = false;
+    changed_.notify_all();
+  }
+  // The channel is edge-triggered: bytes that came in after the last
+  // read, while this thread still held the reader, raised no event the
+  // I/O thread could act on. If any are waiting, hand them over.
+  struct pollfd pfd = {w->process->channel_fd(), POLLIN, 0};
+  if (w->channel_open.load() && ::poll(&pfd, 1, 0) > 0 &&
+      std::this_thread::get_id() != io_thread_.get_id()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      recheck_.push_back(w->serial);
+    }
+    waker_.Wake();
+  }
+}
+
+void PoolCore::OnChannelEvent(const std::shared_ptr<Worker>& w,
+                              Deferred* deferred) {
+  if (!AcquireReader(*w)) {
+    return;  // a driving thread reads it and hands over what it leaves
+  }
+  ReadChannel(w, deferred);
+  ReleaseReader(w);
+}
+
+void PoolCore::Drive(const std::shared_ptr<CallState>& call,
+                     absl::Time until) {
+  std::shared_ptr<Worker> w;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [serial, candidate] : workers_) {
+      if (candidate->call == call) {
+        w = candidate;
+        break;
+      }
+    }
+    if (!w || w->reader_busy || !w->channel_open.load() || stop_.load()) {
+      return;
+    }
+    w->reader_busy = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->driver_wake = w->interrupt;
+    call->driver = std::this_thread::get_id();
+  }
+
+  Deferred deferred;
+  absl::Time limit = std::min(until, call->deadline);
+  while (!call->WaiterCanReturn() && w->channel_open.load()) {
+    struct pollfd fds[3] = {{w->process->channel_fd(), POLLIN, 0},
+                            {w->process->pidfd(), POLLIN, 0},
+                            {w->interrupt->fd(), POLLIN, 0}};
+    int ms = -1;
+    if (limit != absl::InfiniteFuture()) {
+      absl::Duration left = limit - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        break;  // the I/O thread enforces the deadline
+      }
+      ms = static_cast<int>(absl::ToInt64Milliseconds(
+          absl::Ceil(left, absl::Milliseconds(1))));
+    }
+    int n = ::poll(fds, 3, ms);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    if (fds[2].revents != 0) {
+      w->interrupt->Drain();
+    }
+    if (fds[0].revents != 0) {
+      ReadChannel(w, &deferred);
+    }
+    if (fds[1].revents != 0) {
+      break;  // the worker exited: the I/O thread's OnExit takes over
+    }
+  }
+
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->driver_wake = nullptr;
+  }
+  ReleaseReader(w);
+  RunDeferred(deferred);
+}
 
 void PoolCore::ReadChannel(const std::shared_ptr<Worker>& w,
                            Deferred* deferred) {
@@ -705,7 +823,13 @@ void PoolCore::FlushLines(Worker& w, bool is_stderr, bool all) {
 
 void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   // Frames and output written just before the exit are handled first: a
-  // result sent before exiting is a result, not a crash.
+  // result sent before exiting is a result, not a crash. A thread driving
+  // this worker also watches its pidfd, so it lets go promptly.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [&] { return !w->reader_busy; });
+    w->reader_busy = true;
+  }
   ReadChannel(w, deferred);
   PumpOutput(*w, false);
   PumpOutput(*w, true);
@@ -897,7 +1021,13 @@ void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
     // that is not reading; SIGKILL after `grace` covers the rest.
     std::map<uint32_t, std::shared_ptr<Worker>> workers;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      // Threads driving a call were woken when it failed above; the
+      // sockets stay open until they have let go.
+      std::unique_lock<std::mutex> lock(mu_);
+      changed_.wait(lock, [&] {
+        return std::none_of(workers_.begin(), workers_.end(),
+                            [](auto& e) { return e.second->reader_busy; });
+      });
       workers.swap(workers_);
       idle_.clear();
     }
