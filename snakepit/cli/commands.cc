@@ -1,10 +1,13 @@
 #include "snakepit/cli/commands.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "snakepit/api/client.h"
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
 #include "snakepit/pool/pool.h"
@@ -69,6 +72,14 @@ absl::StatusOr<std::unique_ptr<Pool>> StartPool(const PoolFlags& flags) {
   options.size = flags.workers;
   options.startup_timeout = flags.startup_timeout;
   return Pool::Start(std::move(options));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> ConnectClient(const PoolFlags& f) {
+  ClientOptions options;
+  options.address = f.addr;
+  options.token = f.token;
+  options.tls_ca_file = f.tls_ca;
+  return Client::Connect(options);
 }
 
 std::string Cell(const Value& v) {
@@ -151,7 +162,45 @@ std::string FirstParagraph(const std::string& doc) {
   return out;
 }
 
+int RemoteCall(const PoolFlags& target, const CallFlags& flags,
+               const Value& args, const std::string& output) {
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
+  if (!client.ok()) {
+    PrintError(client.status());
+    return kExitPoolFailed;
+  }
+  if (flags.stream) {
+    absl::Status s = (*client)->CallStream(
+        flags.function, args,
+        [&](const Value& chunk) {
+          PrintValue(chunk, output, true);
+          return true;
+        },
+        flags.timeout);
+    if (!s.ok()) {
+      PrintError(s);
+      return kExitCallFailed;
+    }
+    return kExitOk;
+  }
+  absl::StatusOr<Value> result =
+      (*client)->Call(flags.function, args, flags.timeout);
+  if (!result.ok()) {
+    PrintError(result.status());
+    return kExitCallFailed;
+  }
+  PrintValue(*result, output, false);
+  return kExitOk;
+}
+
 }  // namespace
+
+std::string ResolveOutput(const std::string& output) {
+  if (output != "auto") {
+    return output;
+  }
+  return ::isatty(STDOUT_FILENO) ? "table" : "json";
+}
 
 bool ParseTimeout(const std::string& text, absl::Duration* out) {
   double seconds = 0;
@@ -171,6 +220,10 @@ int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
     std::cerr << DescribeError(args.status()) << "\n";
     return kExitUsage;
   }
+  std::string output = ResolveOutput(flags.output);
+  if (!pool_flags.addr.empty()) {
+    return RemoteCall(pool_flags, flags, *args, output);
+  }
   absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
   if (!pool.ok()) {
     PrintError(pool.status());
@@ -178,39 +231,107 @@ int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
   }
   Call call = (*pool)->Submit(flags.function, *args, {flags.timeout});
   if (flags.stream) {
-    return StreamCall(call, flags.output);
+    return StreamCall(call, output);
   }
   absl::StatusOr<Value> result = call.Get();
   if (!result.ok()) {
     PrintError(result.status());
     return kExitCallFailed;
   }
-  PrintValue(*result, flags.output, false);
+  PrintValue(*result, output, false);
   return kExitOk;
 }
 
-int RunFnList(const PoolFlags& pool_flags, const std::string& output) {
-  absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
-  if (!pool.ok()) {
-    PrintError(pool.status());
-    return kExitPoolFailed;
+int RunFnList(const PoolFlags& pool_flags, const std::string& format) {
+  std::string output = ResolveOutput(format);
+  std::vector<RemoteFunction> functions;
+  if (!pool_flags.addr.empty()) {
+    absl::StatusOr<std::unique_ptr<Client>> client =
+        ConnectClient(pool_flags);
+    if (!client.ok()) {
+      PrintError(client.status());
+      return kExitPoolFailed;
+    }
+    absl::StatusOr<std::vector<RemoteFunction>> listed =
+        (*client)->ListFunctions();
+    if (!listed.ok()) {
+      PrintError(listed.status());
+      return kExitCallFailed;
+    }
+    functions = std::move(*listed);
+  } else {
+    absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
+    if (!pool.ok()) {
+      PrintError(pool.status());
+      return kExitPoolFailed;
+    }
+    for (const FunctionInfo& f : (*pool)->Functions()) {
+      functions.push_back({f.name, "cli", f.kind, f.signature, f.doc});
+    }
   }
-  std::vector<FunctionInfo> functions = (*pool)->Functions();
   if (output == "json") {
     Value list = Value::array();
-    for (const FunctionInfo& f : functions) {
-      list.push_back(f.raw);
+    for (const RemoteFunction& f : functions) {
+      list.push_back({{"name", f.name}, {"pool", f.pool}, {"kind", f.kind},
+                      {"signature", f.signature}, {"doc", f.doc}});
     }
     std::printf("%s\n", ToJson(list, 2).c_str());
     return kExitOk;
   }
-  for (const FunctionInfo& f : functions) {
+  for (const RemoteFunction& f : functions) {
     std::printf("%s%s  [%s]\n", f.name.c_str(), f.signature.c_str(),
                 f.kind.c_str());
     if (!f.doc.empty()) {
       std::printf("    %s\n", FirstParagraph(f.doc).c_str());
     }
   }
+  return kExitOk;
+}
+
+}  // namespace snakepit::cli
+
+namespace snakepit::cli {
+
+int RunHealth(const PoolFlags& target, bool ready) {
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
+  if (!client.ok()) {
+    PrintError(client.status());
+    return kExitPoolFailed;
+  }
+  absl::StatusOr<bool> serving = (*client)->Serving();
+  if (!serving.ok()) {
+    PrintError(serving.status());
+    return kExitUnhealthy;
+  }
+  if (ready && !*serving) {
+    std::printf("not ready\n");
+    return kExitUnhealthy;
+  }
+  std::printf("%s\n", *serving ? "ready" : "alive (not ready)");
+  return kExitOk;
+}
+
+int RunNodeInfo(const PoolFlags& target, const std::string& format) {
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
+  if (!client.ok()) {
+    PrintError(client.status());
+    return kExitPoolFailed;
+  }
+  absl::StatusOr<Value> info = (*client)->NodeInfo();
+  if (!info.ok()) {
+    PrintError(info.status());
+    return kExitCallFailed;
+  }
+  std::string output = ResolveOutput(format);
+  if (output == "json") {
+    std::printf("%s\n", ToJson(*info, 2).c_str());
+    return kExitOk;
+  }
+  Value summary = *info;
+  summary.erase("pools");
+  PrintTable(summary);
+  std::printf("\n");
+  PrintTable((*info)["pools"]);
   return kExitOk;
 }
 

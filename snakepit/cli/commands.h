@@ -15,14 +15,19 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitUsage = 1;
 inline constexpr int kExitPoolFailed = 2;
 inline constexpr int kExitCallFailed = 3;
+inline constexpr int kExitUnhealthy = 4;
 
-// What selects and starts the embedded pool.
+// Where calls go: an embedded pool of `modules`, or the node at `addr`.
 struct PoolFlags {
   std::vector<std::string> modules;
   std::vector<std::string> paths;
   std::string python;
   int workers = 1;
   absl::Duration startup_timeout = absl::Seconds(60);
+
+  std::string addr;   // HOST:PORT or unix:PATH; also $SNAKEPIT_ADDR
+  std::string token;  // also $SNAKEPIT_TOKEN
+  std::string tls_ca;
 };
 
 struct CallFlags {
@@ -31,11 +36,16 @@ struct CallFlags {
   std::vector<std::string> assigns;   // -a key=value
   absl::Duration timeout = absl::InfiniteDuration();
   bool stream = false;
-  std::string output = "json";        // json | table
+  std::string output = "auto";        // auto | json | table
 };
+
+// "auto" becomes "table" on a terminal and "json" otherwise.
+std::string ResolveOutput(const std::string& output);
 
 int RunCall(const PoolFlags& pool, const CallFlags& call);
 int RunFnList(const PoolFlags& pool, const std::string& output);
+int RunHealth(const PoolFlags& target, bool ready);
+int RunNodeInfo(const PoolFlags& target, const std::string& output);
 
 // Parses "5s", "250ms", "2m" or a bare number of seconds.
 bool ParseTimeout(const std::string& text, absl::Duration* out);

@@ -1,11 +1,18 @@
 // snakepit: call Python functions in a pool of worker processes.
 //
-//   snakepit call FUNCTION --module PATH [--json ARGS] [-a key=value]...
-//   snakepit fn list --module PATH
+//   snakepit call FUNCTION (--module PATH | --addr ADDR) [--json ARGS]
+//       [-a key=value]... [--timeout 5s] [--stream] [-o json|table]
+//   snakepit fn list (--module PATH | --addr ADDR)
+//   snakepit health [--ready] --addr ADDR
+//   snakepit node info --addr ADDR
 //
-// Exit status: 0 ok, 1 usage, 2 the pool could not start, 3 the call
-// failed.
+// With --module the calls run in a pool embedded in this process; with
+// --addr (or $SNAKEPIT_ADDR) they go to a snakepitd node.
+//
+// Exit status: 0 ok, 1 usage, 2 the pool could not start or the node
+// cannot be reached, 3 the call failed, 4 the node is unhealthy.
 
+#include <cstdlib>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
@@ -17,11 +24,21 @@ namespace {
 using snakepit::cli::CallFlags;
 using snakepit::cli::PoolFlags;
 
+void AddRemoteFlags(CLI::App* app, PoolFlags* flags) {
+  app->add_option("--addr", flags->addr,
+                  "snakepitd node: HOST:PORT or unix:PATH "
+                  "(default $SNAKEPIT_ADDR)");
+  app->add_option("--token", flags->token,
+                  "Bearer token for the node (default $SNAKEPIT_TOKEN)");
+  app->add_option("--tls-ca", flags->tls_ca,
+                  "CA certificate (PEM) to reach a TLS node");
+}
+
 void AddPoolFlags(CLI::App* app, PoolFlags* flags) {
   app->add_option("-m,--module", flags->modules,
                   "Python module to load: a .py file, a package folder or "
-                  "a module name (repeatable)")
-      ->required();
+                  "a module name (repeatable)");
+  AddRemoteFlags(app, flags);
   app->add_option("-p,--path", flags->paths,
                   "Folder to add to the workers' sys.path (repeatable)");
   app->add_option("--python", flags->python,
@@ -29,6 +46,34 @@ void AddPoolFlags(CLI::App* app, PoolFlags* flags) {
                   "python3)");
   app->add_option("-w,--workers", flags->workers, "Worker processes")
       ->check(CLI::Range(1, 1024));
+}
+
+std::string EnvOr(const char* name, const std::string& value) {
+  const char* env = std::getenv(name);
+  return value.empty() && env != nullptr ? env : value;
+}
+
+// Fills --addr and --token from the environment, and checks that a
+// command that needs a target has exactly one.
+bool ResolveTarget(PoolFlags* flags, bool modules_allowed) {
+  flags->token = EnvOr("SNAKEPIT_TOKEN", flags->token);
+  if (flags->modules.empty()) {
+    flags->addr = EnvOr("SNAKEPIT_ADDR", flags->addr);
+  }
+  if (!flags->modules.empty() && !flags->addr.empty()) {
+    std::cerr << "error: invalid_argument: give --module or --addr, not "
+                 "both\n";
+    return false;
+  }
+  if (flags->modules.empty() && flags->addr.empty()) {
+    std::cerr << "error: invalid_argument: "
+              << (modules_allowed ? "give --module PATH (a local pool) or "
+                                    "--addr ADDR (a node)"
+                                  : "give --addr ADDR (or $SNAKEPIT_ADDR)")
+              << "\n";
+    return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -61,18 +106,37 @@ int main(int argc, char** argv) {
   call_cmd->add_flag("-s,--stream", call.stream,
                      "Print each chunk a generator yields as it comes, one "
                      "JSON document per line");
-  call_cmd->add_option("-o,--output", call.output, "json or table")
-      ->check(CLI::IsMember({"json", "table"}));
+  call_cmd->add_option("-o,--output", call.output,
+                       "auto (table on a terminal, else json), json or "
+                       "table")
+      ->check(CLI::IsMember({"auto", "json", "table"}));
 
   PoolFlags list_pool;
-  std::string list_output = "table";
+  std::string list_output = "auto";
   CLI::App* fn_cmd = app.add_subcommand("fn", "Inspect functions");
   fn_cmd->require_subcommand(1);
   CLI::App* list_cmd =
       fn_cmd->add_subcommand("list", "List the functions of modules");
   AddPoolFlags(list_cmd, &list_pool);
-  list_cmd->add_option("-o,--output", list_output, "table or json")
-      ->check(CLI::IsMember({"json", "table"}));
+  list_cmd->add_option("-o,--output", list_output, "auto, table or json")
+      ->check(CLI::IsMember({"auto", "json", "table"}));
+
+  PoolFlags health_target;
+  bool ready = false;
+  CLI::App* health_cmd =
+      app.add_subcommand("health", "Ask a node whether it is alive or ready");
+  AddRemoteFlags(health_cmd, &health_target);
+  health_cmd->add_flag("--ready", ready,
+                       "Exit 4 unless the node is ready to take calls");
+
+  PoolFlags info_target;
+  std::string info_output = "auto";
+  CLI::App* node_cmd = app.add_subcommand("node", "Inspect a node");
+  node_cmd->require_subcommand(1);
+  CLI::App* info_cmd = node_cmd->add_subcommand("info", "What a node runs");
+  AddRemoteFlags(info_cmd, &info_target);
+  info_cmd->add_option("-o,--output", info_output, "auto, table or json")
+      ->check(CLI::IsMember({"auto", "json", "table"}));
 
   try {
     app.parse(argc, argv);
@@ -89,7 +153,25 @@ int main(int argc, char** argv) {
                 << " is not a duration such as 5s or 250ms\n";
       return snakepit::cli::kExitUsage;
     }
+    if (!ResolveTarget(&call_pool, true)) {
+      return snakepit::cli::kExitUsage;
+    }
     return snakepit::cli::RunCall(call_pool, call);
+  }
+  if (*health_cmd) {
+    if (!ResolveTarget(&health_target, false)) {
+      return snakepit::cli::kExitUsage;
+    }
+    return snakepit::cli::RunHealth(health_target, ready);
+  }
+  if (*node_cmd) {
+    if (!ResolveTarget(&info_target, false)) {
+      return snakepit::cli::kExitUsage;
+    }
+    return snakepit::cli::RunNodeInfo(info_target, info_output);
+  }
+  if (!ResolveTarget(&list_pool, true)) {
+    return snakepit::cli::kExitUsage;
   }
   return snakepit::cli::RunFnList(list_pool, list_output);
 }

@@ -10,12 +10,22 @@ namespace snakepit {
 namespace internal {
 
 void CallState::AddChunk(std::string chunk) {
-  std::lock_guard<std::mutex> lock(mu);
-  if (done) {
-    return;
+  std::function<void(std::string)> callback;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) {
+      return;
+    }
+    if (!chunk_callback) {
+      chunks.push_back(std::move(chunk));
+      cv.notify_all();
+      return;
+    }
+    callback = chunk_callback;
   }
-  chunks.push_back(std::move(chunk));
-  cv.notify_all();
+  // One reader handles a worker's frames at a time, so chunks of a call
+  // reach the callback one after another, in order.
+  callback(std::move(chunk));
 }
 
 bool CallState::Finish(absl::Status final_status, std::string final_result,
@@ -176,6 +186,26 @@ void Call::OnComplete(
     status = state_->status;
   }
   callback(status);
+}
+
+void Call::OnChunk(std::function<void(std::string)> callback) const {
+  std::deque<std::string> pending;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    pending.swap(state_->chunks);
+    state_->chunk_callback = callback;
+  }
+  for (std::string& chunk : pending) {
+    callback(std::move(chunk));
+  }
+}
+
+absl::Duration Call::QueueWait() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->dispatched == absl::InfinitePast()) {
+    return absl::ZeroDuration();
+  }
+  return state_->dispatched - state_->submitted;
 }
 
 absl::StatusOr<std::optional<std::string>> Call::NextRaw() const {

@@ -58,6 +58,14 @@ class Call {
   // not block.
   void OnComplete(std::function<void(const absl::Status&)> callback) const;
 
+  // Delivers every chunk not yet taken, then each new one as it comes,
+  // to `callback` instead of Next(). Chunks arrive in order, one at a
+  // time, on a pool thread; the callback must not block. Set it once.
+  void OnChunk(std::function<void(std::string msgpack)> callback) const;
+
+  // How long the call waited for a worker; zero until it was sent.
+  absl::Duration QueueWait() const;
+
   // Streams: waits for the next chunk a generator yields. nullopt once
   // the stream has ended well; the call's error if it failed. A plain
   // function's result comes as one chunk.

@@ -112,6 +112,15 @@ class CallTest(unittest.TestCase):
         self.assertEqual(json.loads(r.stdout), 6)
         self.assertIn("stdout: print 3", r.stderr)
 
+    def test_output_is_json_when_piped(self) -> None:
+        r = call("lab.stats", "--json", '{"values": [1, 2, 3]}', module=LAB)
+        self.assertEqual(json.loads(r.stdout)["median"], 2.0)
+
+    def test_module_and_addr_together_is_a_usage_error(self) -> None:
+        r = call("faults.add", "--addr", "127.0.0.1:1")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not both", r.stderr)
+
     def test_several_modules(self) -> None:
         r = run("fn", "list", "--module", FAULTS, "--module", LAB,
                 "--python", PY, "-o", "json")
@@ -123,7 +132,8 @@ class CallTest(unittest.TestCase):
 
 class ExampleTest(unittest.TestCase):
     def test_fn_list_shows_signatures_and_docs(self) -> None:
-        r = run("fn", "list", "--module", LAB, "--python", PY)
+        r = run("fn", "list", "--module", LAB, "--python", PY, "-o",
+                "table")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("lab.word_count(path: str = ", r.stdout)
         self.assertIn("most frequent words", r.stdout)

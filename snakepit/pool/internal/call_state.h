@@ -34,6 +34,10 @@ struct CallState {
   const absl::Time deadline;
   const absl::Time submitted = absl::Now();
 
+  // Set when the call is handed to a worker; guarded by the pool's mu_,
+  // stable once done.
+  absl::Time dispatched = absl::InfinitePast();
+
   // Set by the pool before the call is visible to other threads.
   std::weak_ptr<PoolCore> pool;
   bool streams = false;  // the function is a generator
@@ -48,6 +52,7 @@ struct CallState {
   bool result_taken = false;        // Next() returned the result
   std::deque<std::string> chunks;   // streamed, not yet taken
   std::vector<std::function<void(const absl::Status&)>> callbacks;
+  std::function<void(std::string)> chunk_callback;
   // Set while a waiting thread reads the worker's channel itself (see
   // PoolCore::Drive); Finish from any other thread wakes it through this.
   std::shared_ptr<const os::Waker> driver_wake;

@@ -283,6 +283,10 @@ void PoolCore::AssignLocked(Worker& w, const std::shared_ptr<CallState>& call) {
   w.state = WorkerState::kBusy;
   w.call = call;
   w.running_id = call->id;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->dispatched = absl::Now();
+  }
   if (catalogue_known_) {
     auto it = catalogue_.find(call->function);
     call->streams = it != catalogue_.end() && IsGeneratorKind(it->second.kind);
@@ -645,9 +649,16 @@ void PoolCore::HandleFrame(const std::shared_ptr<Worker>& w,
       HandleFinal(w, frame, deferred);
       return;
     case FrameType::kChunk: {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (w->call && frame.id == w->running_id) {
-        w->call->AddChunk(std::move(frame.body));
+      std::shared_ptr<CallState> call;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (frame.id == w->running_id) {
+          call = w->call;
+        }
+      }
+      // Outside mu_: a chunk callback may call back into the pool.
+      if (call) {
+        call->AddChunk(std::move(frame.body));
       }
       return;
     }

@@ -1,0 +1,45 @@
+// The node's Prometheus metrics, all prefixed snakepit_. Thread-safe.
+
+#ifndef SNAKEPIT_ADMIN_METRICS_H_
+#define SNAKEPIT_ADMIN_METRICS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace snakepit::admin {
+
+// A point-in-time view of one pool, read at scrape time.
+struct PoolGauges {
+  std::string pool;
+  size_t queue_depth = 0;
+  std::map<std::string, int> workers_by_state;  // starting, idle, busy
+  std::map<std::string, uint64_t> restarts_by_reason;  // cumulative
+};
+
+class Metrics {
+ public:
+  explicit Metrics(const std::string& version);
+  ~Metrics();
+
+  // One finished call: `code` is the gRPC code name ("OK",
+  // "DEADLINE_EXCEEDED", ...).
+  void RecordCall(const std::string& pool, const std::string& function,
+                  const std::string& code, absl::Duration duration,
+                  absl::Duration queue_wait);
+
+  // Renders every metric in the Prometheus text format, with `gauges`
+  // for the pools' current state.
+  std::string Render(const std::vector<PoolGauges>& gauges);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace snakepit::admin
+
+#endif  // SNAKEPIT_ADMIN_METRICS_H_

@@ -1,0 +1,209 @@
+#include "snakepit/api/client.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "snakepit/api/errors.h"
+#include "snakepit/api/service.h"
+#include "snakepit/base/status.h"
+#include "snakepit/v1/snakepit.grpc.pb.h"
+
+namespace snakepit {
+
+struct Client::Impl {
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Snakepit::Stub> stub;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
+    if (!options.token.empty()) {
+      context->AddMetadata("authorization", "Bearer " + options.token);
+    }
+    if (timeout != absl::InfiniteDuration()) {
+      context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    }
+  }
+};
+
+namespace {
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
+    const ClientOptions& options) {
+  if (options.tls_ca_file.empty()) {
+    return grpc::InsecureChannelCredentials();
+  }
+  std::ifstream file(options.tls_ca_file);
+  if (!file) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read CA file ", options.tls_ca_file));
+  }
+  std::stringstream pem;
+  pem << file.rdbuf();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = pem.str();
+  return grpc::SslCredentials(ssl);
+}
+
+absl::StatusOr<v1::CallRequest> MakeRequest(const std::string& function,
+                                            const Value& args,
+                                            const std::string& pool) {
+  v1::CallRequest request;
+  request.set_function(function);
+  request.set_pool(pool);
+  request.mutable_args()->set_content_type(api::kMsgpack);
+  if (!args.is_null()) {
+    if (!args.is_object() && !args.is_array()) {
+      return ReasonError(reason::kInvalidArgument,
+                         "arguments must be a map, an array or null");
+    }
+    absl::StatusOr<std::string> encoded = EncodeValue(args);
+    if (!encoded.ok()) {
+      return encoded.status();
+    }
+    request.mutable_args()->set_data(std::move(*encoded));
+  }
+  return request;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const ClientOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      Credentials(options);
+  if (!credentials.ok()) {
+    return credentials.status();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->channel =
+      grpc::CreateCustomChannel(options.address, *credentials, args);
+  if (!impl->channel->WaitForConnected(
+          absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+    return MakeError(absl::StatusCode::kUnavailable, "cannot_connect",
+                     absl::StrCat("no snakepit node answers at ",
+                                  options.address, " within ",
+                                  absl::FormatDuration(
+                                      options.connect_timeout)));
+  }
+  impl->stub = v1::Snakepit::NewStub(impl->channel);
+  impl->health = grpc::health::v1::Health::NewStub(impl->channel);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+absl::StatusOr<Value> Client::Call(const std::string& function,
+                                   const Value& args, absl::Duration timeout,
+                                   const std::string& pool) {
+  absl::StatusOr<v1::CallRequest> request = MakeRequest(function, args, pool);
+  if (!request.ok()) {
+    return request.status();
+  }
+  grpc::ClientContext context;
+  impl_->Prepare(&context, timeout);
+  v1::CallResponse response;
+  grpc::Status status = impl_->stub->Call(&context, *request, &response);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return DecodeValue(response.result().data());
+}
+
+absl::Status Client::CallStream(
+    const std::string& function, const Value& args,
+    const std::function<bool(const Value&)>& on_chunk,
+    absl::Duration timeout) {
+  absl::StatusOr<v1::CallRequest> request = MakeRequest(function, args, "");
+  if (!request.ok()) {
+    return request.status();
+  }
+  grpc::ClientContext context;
+  impl_->Prepare(&context, timeout);
+  std::unique_ptr<grpc::ClientReader<v1::CallChunk>> reader =
+      impl_->stub->CallStream(&context, *request);
+  v1::CallChunk chunk;
+  bool stopped = false;
+  absl::Status decode_error;
+  while (reader->Read(&chunk)) {
+    absl::StatusOr<Value> value = DecodeValue(chunk.data().data());
+    if (!value.ok()) {
+      decode_error = value.status();
+      context.TryCancel();
+      break;
+    }
+    if (!on_chunk(*value)) {
+      stopped = true;
+      context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (!decode_error.ok()) {
+    return decode_error;
+  }
+  if (stopped) {
+    return absl::OkStatus();
+  }
+  return api::FromGrpc(status, context.GetServerTrailingMetadata());
+}
+
+absl::StatusOr<std::vector<RemoteFunction>> Client::ListFunctions() {
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(30));
+  v1::ListFunctionsResponse response;
+  grpc::Status status = impl_->stub->ListFunctions(
+      &context, v1::ListFunctionsRequest(), &response);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  std::vector<RemoteFunction> out;
+  for (const v1::FunctionInfo& f : response.functions()) {
+    out.push_back({f.name(), f.pool(), f.kind(), f.signature(), f.doc()});
+  }
+  return out;
+}
+
+absl::StatusOr<Value> Client::NodeInfo() {
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(30));
+  v1::NodeInfo response;
+  grpc::Status status = impl_->stub->GetNodeInfo(
+      &context, v1::GetNodeInfoRequest(), &response);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.always_print_primitive_fields = true;
+  print.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(response, &json, print)
+           .ok()) {
+    return absl::InternalError("cannot render NodeInfo");
+  }
+  return ParseJson(json);
+}
+
+absl::StatusOr<bool> Client::Serving() {
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(10));
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = impl_->health->Check(
+      &context, grpc::health::v1::HealthCheckRequest(), &response);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return response.status() ==
+         grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace snakepit

@@ -1,0 +1,339 @@
+#include "snakepit/server/node.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "snakepit/base/log.h"
+#include "snakepit/base/status.h"
+
+namespace snakepit::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  }
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const NodeConfig& config) {
+  if (config.tls_cert_file.empty()) {
+    return grpc::InsecureServerCredentials();
+  }
+  absl::StatusOr<std::string> cert = ReadFile(config.tls_cert_file);
+  absl::StatusOr<std::string> key = ReadFile(config.tls_key_file);
+  if (!cert.ok() || !key.ok()) {
+    return cert.ok() ? key.status() : cert.status();
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
+// A stale socket file left by a node that died keeps a new one from
+// binding; only a socket is removed, never another kind of file.
+void RemoveStaleSocket(const std::string& address) {
+  if (!address.starts_with("unix:")) {
+    return;
+  }
+  std::string path = address.substr(5);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    ::unlink(path.c_str());
+  }
+}
+
+// "127.0.0.1:0" with port 41234 chosen becomes "127.0.0.1:41234".
+std::string WithPort(const std::string& address, int port) {
+  if (address.starts_with("unix:") || port <= 0) {
+    return address;
+  }
+  size_t colon = address.rfind(':');
+  return absl::StrCat(address.substr(0, colon), ":", port);
+}
+
+PoolOptions ToPoolOptions(const PoolConfig& pool) {
+  PoolOptions options;
+  options.name = pool.name;
+  options.modules = pool.modules;
+  options.search_paths = pool.paths;
+  options.python = pool.python;
+  options.size = pool.size;
+  options.env = pool.env;
+  options.startup_timeout = pool.startup_timeout;
+  options.max_payload_bytes = pool.max_payload_bytes;
+  options.max_queue = pool.max_queue;
+  options.cancel_grace = pool.cancel_grace;
+  return options;
+}
+
+}  // namespace
+
+void BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+Node::Node(NodeConfig config)
+    : config_(std::move(config)), metrics_(kVersion) {
+  state_.token = config_.token;
+  state_.version = kVersion;
+  state_.metrics = &metrics_;
+}
+
+Node::~Node() { Drain(); }
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeConfig config) {
+  std::unique_ptr<Node> node(new Node(std::move(config)));
+  for (absl::Status s :
+       {node->StartPools(), node->StartGrpc(), node->StartAdmin(),
+        node->WriteReadyFile()}) {
+    if (!s.ok()) {
+      node->Drain();
+      return s;
+    }
+  }
+  Log().info("node {} serving {} pool(s) on {}; admin on {}", getpid(),
+             node->state_.pools.size(),
+             absl::StrJoin(node->grpc_addresses_, ", "),
+             node->admin_address().empty() ? "(off)"
+                                           : node->admin_address());
+  return node;
+}
+
+absl::Status Node::StartPools() {
+  const size_t n = config_.pools.size();
+  std::vector<absl::StatusOr<std::unique_ptr<Pool>>> started(
+      n, absl::UnknownError("not started"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([this, i, &started] {
+      started[i] = Pool::Start(ToPoolOptions(config_.pools[i]));
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!started[i].ok()) {
+      absl::Status s = started[i].status();
+      return MakeError(s.code(), ReasonOf(s),
+                       absl::StrCat("pool ", config_.pools[i].name, ": ",
+                                    s.message()));
+    }
+    api::ServedPool served;
+    served.name = config_.pools[i].name;
+    served.pool = std::move(*started[i]);
+    served.modules = config_.pools[i].modules;
+    served.python = config_.pools[i].python;
+    for (const FunctionInfo& f : served.pool->Functions()) {
+      state_.function_to_pool.try_emplace(f.name, i);
+    }
+    state_.pools.push_back(std::move(served));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::StartGrpc() {
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentials(config_);
+  if (!credentials.ok()) {
+    return credentials.status();
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  service_ = std::make_unique<api::Service>(&state_);
+
+  grpc::ServerBuilder builder;
+  std::vector<int> ports(config_.listen.size(), 0);
+  for (size_t i = 0; i < config_.listen.size(); ++i) {
+    RemoveStaleSocket(config_.listen[i]);
+    builder.AddListeningPort(config_.listen[i], *credentials, &ports[i]);
+  }
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_) {
+    return MakeError(absl::StatusCode::kUnavailable, "cannot_listen",
+                     absl::StrCat("cannot listen on ",
+                                  absl::StrJoin(config_.listen, ", ")));
+  }
+  for (size_t i = 0; i < config_.listen.size(); ++i) {
+    if (ports[i] == 0) {
+      return MakeError(absl::StatusCode::kUnavailable, "cannot_listen",
+                       absl::StrCat("cannot listen on ", config_.listen[i]));
+    }
+    grpc_addresses_.push_back(WithPort(config_.listen[i], ports[i]));
+  }
+  state_.listen = grpc_addresses_;
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  return absl::OkStatus();
+}
+
+absl::Status Node::StartAdmin() {
+  if (config_.admin.empty()) {
+    return absl::OkStatus();
+  }
+  admin::AdminHandlers handlers;
+  handlers.readiness = [this] { return Readiness(); };
+  handlers.metrics = [this] { return metrics_.Render(Gauges()); };
+  absl::StatusOr<std::unique_ptr<admin::AdminServer>> admin =
+      admin::AdminServer::Start(config_.admin, std::move(handlers));
+  if (!admin.ok()) {
+    return admin.status();
+  }
+  admin_ = std::move(*admin);
+  return absl::OkStatus();
+}
+
+absl::Status Node::WriteReadyFile() const {
+  if (config_.ready_file.empty()) {
+    return absl::OkStatus();
+  }
+  Value ready = {{"pid", getpid()},
+                 {"grpc", grpc_addresses_},
+                 {"admin", admin_address()}};
+  std::string tmp = config_.ready_file + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << ToJson(ready) << "\n";
+    if (!out) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write ", tmp));
+    }
+  }
+  if (std::rename(tmp.c_str(), config_.ready_file.c_str()) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("rename to ",
+                                             config_.ready_file));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<admin::Check> Node::Readiness() const {
+  std::vector<admin::Check> checks;
+  bool draining = state_.draining.load();
+  checks.push_back({"not draining", !draining,
+                    draining ? "the node is shutting down" : ""});
+  for (const api::ServedPool& served : state_.pools) {
+    PoolStats stats = served.pool->Stats();
+    bool warm = stats.ready == stats.size && stats.starting == 0;
+    checks.push_back({absl::StrCat("pool ", served.name, " warm"), warm,
+                      absl::StrCat(stats.ready, " of ", stats.size,
+                                   " workers ready")});
+  }
+  return checks;
+}
+
+std::vector<admin::PoolGauges> Node::Gauges() const {
+  std::vector<admin::PoolGauges> gauges;
+  for (const api::ServedPool& served : state_.pools) {
+    PoolStats stats = served.pool->Stats();
+    admin::PoolGauges g;
+    g.pool = served.name;
+    g.queue_depth = stats.queued;
+    g.workers_by_state = {{"starting", stats.starting},
+                          {"idle", stats.ready - stats.busy},
+                          {"busy", stats.busy}};
+    // TODO(#5): restarts by cause (crash, recycle, hang) once the pool
+    // records causes; every restart is an exit for now.
+    g.restarts_by_reason = {{"exit", stats.restarts}};
+    gauges.push_back(std::move(g));
+  }
+  return gauges;
+}
+
+const std::vector<std::string>& Node::grpc_addresses() const {
+  return grpc_addresses_;
+}
+
+std::string Node::admin_address() const {
+  return admin_ ? admin_->address() : std::string();
+}
+
+void Node::Drain() {
+  std::call_once(drain_once_, [this] {
+    state_.draining.store(true);
+    if (server_) {
+      server_->GetHealthCheckService()->SetServingStatus(false);
+    }
+    Log().info("node {} draining: up to {} for calls in flight", getpid(),
+               absl::FormatDuration(config_.drain_timeout));
+
+    // Pools drain in parallel; each lets its running calls finish within
+    // the drain timeout, then ends its workers.
+    std::vector<std::thread> threads;
+    for (api::ServedPool& served : state_.pools) {
+      threads.emplace_back([this, &served] {
+        served.pool->Shutdown(config_.drain_timeout, config_.worker_grace);
+      });
+    }
+    for (std::thread& t : threads) {
+      t.join();
+    }
+    // Let the last replies reach their clients.
+    absl::Time limit = absl::Now() + absl::Seconds(2);
+    while (state_.rpcs_in_flight.load() > 0 && absl::Now() < limit) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    if (server_) {
+      server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    }
+    if (admin_) {
+      admin_->Stop();
+    }
+    Log().info("node {} stopped", getpid());
+  });
+}
+
+int Node::ServeUntilSignalled() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  int signal = 0;
+  while (sigwait(&set, &signal) != 0) {
+  }
+  Log().info("node {} got signal {} ({}); draining", getpid(), signal,
+             sigabbrev_np(signal));
+
+  std::atomic<bool> drained{false};
+  std::thread drainer([&] {
+    Drain();
+    drained.store(true);
+  });
+  struct timespec tick = {0, 50'000'000};
+  while (!drained.load()) {
+    if (sigtimedwait(&set, nullptr, &tick) > 0) {
+      // A second signal: stop now. The workers see their sockets close
+      // with this process and end themselves and their children.
+      Log().warn("node {} got a second signal; exiting at once", getpid());
+      Log().flush();
+      _exit(1);
+    }
+  }
+  drainer.join();
+  return 0;
+}
+
+}  // namespace snakepit::server
