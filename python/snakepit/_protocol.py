@@ -11,8 +11,8 @@ import enum
 import socket
 import struct
 import threading
-from typing import (AbstractSet, Any, Dict, List, NamedTuple, Optional,
-                    Sequence)
+from typing import (AbstractSet, Any, Dict, List, NamedTuple, NoReturn,
+                    Optional, Sequence)
 
 from ._codec import Codec, DecodeError
 
@@ -106,6 +106,10 @@ class Frame(NamedTuple):
     body_len: int
 
 
+_PREFIX_LEN = PREFIX.size
+_unpack_prefix = PREFIX.unpack_from
+_pack_prefix = PREFIX.pack
+
 _INITIAL_BUFFER = 64 << 10
 # A buffer grown past this for one large frame is dropped afterwards, so
 # an idle worker does not keep a payload-sized buffer.
@@ -143,25 +147,31 @@ class FrameReader:
         Raises ChannelClosed at end of stream or on a socket error, and
         ProtocolError for a frame that cannot be read.
         """
-        if self._start == self._end and len(self._buf) > _KEEP_BUFFER:
-            self._new_buffer(_INITIAL_BUFFER)
-        self._fill(PREFIX.size)
-        ftype, flags, _, header_len, body_len, fid = PREFIX.unpack_from(
-            self._buf, self._start)
-        self._check_prefix(ftype, flags, header_len)
+        if self._end - self._start < _PREFIX_LEN:
+            if self._start == self._end and len(self._buf) > _KEEP_BUFFER:
+                self._new_buffer(_INITIAL_BUFFER)
+            self._fill(_PREFIX_LEN)
+        start = self._start
+        ftype, flags, _, header_len, body_len, fid = _unpack_prefix(
+            self._buf, start)
+        if (flags or ftype not in self._allowed
+                or header_len > MAX_HEADER_LEN):
+            self._reject(ftype, flags, header_len)
         if body_len > self._max_body:
             return self._read_skipping_body(ftype, fid, header_len, body_len)
 
-        total = PREFIX.size + header_len + body_len
-        self._fill(total)
-        start = self._start + PREFIX.size
-        header = self._decode_header(start, header_len)
-        body_start = start + header_len
+        total = _PREFIX_LEN + header_len + body_len
+        if self._end - start < total:
+            self._fill(total)
+            start = self._start
+        header_start = start + _PREFIX_LEN
+        header = self._decode_header(header_start, header_len)
+        body_start = header_start + header_len
         body = self._view[body_start:body_start + body_len]
         self._consume(total)
         return Frame(ftype, fid, header, body, body_len)
 
-    def _check_prefix(self, ftype: int, flags: int, header_len: int) -> None:
+    def _reject(self, ftype: int, flags: int, header_len: int) -> NoReturn:
         if flags != 0:
             raise ProtocolError(f"frame flags are 0x{flags:02x}, expected 0")
         if ftype not in self._allowed:
@@ -169,6 +179,7 @@ class FrameReader:
         if header_len > MAX_HEADER_LEN:
             raise ProtocolError(f"frame header of {header_len} bytes exceeds "
                                 f"the {MAX_HEADER_LEN}-byte limit")
+        raise AssertionError("_reject called for a valid prefix")
 
     def _decode_header(self, start: int, length: int) -> Dict[Any, Any]:
         if length == 0:
@@ -186,9 +197,9 @@ class FrameReader:
     def _read_skipping_body(self, ftype: int, fid: int, header_len: int,
                             body_len: int) -> Frame:
         """Reads the prefix and header of a frame, discarding its body."""
-        self._fill(PREFIX.size + header_len)
-        header = self._decode_header(self._start + PREFIX.size, header_len)
-        self._consume(PREFIX.size + header_len)
+        self._fill(_PREFIX_LEN + header_len)
+        header = self._decode_header(self._start + _PREFIX_LEN, header_len)
+        self._consume(_PREFIX_LEN + header_len)
         left = body_len
         while left:
             if self._start == self._end:
@@ -250,32 +261,37 @@ class FrameWriter:
     def send(self, ftype: int, fid: int,
              header: Optional[Dict[str, Any]] = None,
              body: Sequence[Any] = ()) -> None:
-        """Sends one frame; `body` is a list of bytes-like pieces.
+        """Sends one frame.
 
-        Raises ChannelClosed if the peer is gone.
+        `body` is a list of pieces: bytes, bytearray or byte-format
+        memoryview. Raises ChannelClosed if the peer is gone.
         """
         head = self._codec.encode(header) if header else b""
         body_len = 0
         for piece in body:
-            body_len += memoryview(piece).nbytes
+            body_len += len(piece)
         if body_len > MAX_BODY_LEN:
             raise ValueError(f"frame body of {body_len} bytes cannot be "
                              f"framed")
-        buffers = [PREFIX.pack(ftype, 0, 0, len(head), body_len, fid) + head]
+        buffers = [_pack_prefix(ftype, 0, 0, len(head), body_len, fid)
+                   + head]
         buffers.extend(body)
+        total = len(buffers[0]) + body_len
         with self._lock:
-            _send_all(self._sock, buffers)
+            try:
+                sent = self._sock.sendmsg(buffers)
+                if sent != total:
+                    _send_rest(self._sock, buffers, sent)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
 
 
-def _send_all(sock: socket.socket, buffers: List[Any]) -> None:
-    """Sends every buffer in order, however the kernel splits the write."""
-    try:
-        while True:
-            sent = sock.sendmsg(buffers)
-            while buffers and sent >= memoryview(buffers[0]).nbytes:
-                sent -= memoryview(buffers.pop(0)).nbytes
-            if not buffers:
-                return
-            buffers[0] = memoryview(buffers[0]).cast("B")[sent:]
-    except OSError as exc:
-        raise ChannelClosed(str(exc)) from exc
+def _send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
+    """Sends what a partial sendmsg left, however the kernel splits it."""
+    while True:
+        while buffers and sent >= len(buffers[0]):
+            sent -= len(buffers.pop(0))
+        if not buffers:
+            return
+        buffers[0] = memoryview(buffers[0])[sent:]
+        sent = sock.sendmsg(buffers)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 import inspect
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import (Any, Callable, Dict, List, Optional, TypeVar, Union,
+                    overload)
 
 from ._codec import safe_text
 from ._context import Context
@@ -18,7 +19,7 @@ from ._context import Context
 __all__ = ["FunctionEntry", "catalogue", "entries", "function", "hooks",
            "on_start"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _CONTEXT_NAMES = ("Context", "snakepit.Context")
 
@@ -88,8 +89,18 @@ _functions: Dict[str, FunctionEntry] = {}
 _hooks: List[Callable[[], Any]] = []
 
 
-def function(fn: Optional[F] = None, *,
-             name: Optional[str] = None) -> Union[F, Callable[[F], F]]:
+@overload
+def function(fn: _F) -> _F:
+    ...
+
+
+@overload
+def function(*, name: Optional[str] = None) -> Callable[[_F], _F]:
+    ...
+
+
+def function(fn: Optional[_F] = None, *,
+             name: Optional[str] = None) -> Union[_F, Callable[[_F], _F]]:
     """Makes a module-level function callable from the host.
 
     Use bare, `@snakepit.function`, or with a call name,
@@ -99,7 +110,7 @@ def function(fn: Optional[F] = None, *,
     methods, builtins) and ValueError if another function has the name.
     """
     if fn is None:
-        def decorate(inner: F) -> F:
+        def decorate(inner: _F) -> _F:
             return _register(inner, name)
         return decorate
     if isinstance(fn, str):
@@ -108,7 +119,7 @@ def function(fn: Optional[F] = None, *,
     return _register(fn, name)
 
 
-def on_start(hook: F) -> F:
+def on_start(hook: _F) -> _F:
     """Registers `hook()` to run once per worker, after its imports.
 
     Hooks run in registration order, before the worker reports ready; a
@@ -141,7 +152,7 @@ def hooks() -> List[Callable[[], Any]]:
     return list(_hooks)
 
 
-def _register(fn: F, name: Optional[str]) -> F:
+def _register(fn: _F, name: Optional[str]) -> _F:
     _check_module_level(fn)
     if name is None:
         name = f"{fn.__module__}.{fn.__name__}"

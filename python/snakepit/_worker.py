@@ -64,6 +64,8 @@ from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, DEFAULT_MAX_PAYLOAD,
                                 FrameType, FrameWriter, ProtocolError, Reason)
 from snakepit._registry import FunctionEntry, catalogue, entries, hooks
 
+__all__ = ["EXIT_FATAL", "Options", "Worker", "main", "parse_args"]
+
 EXIT_FATAL = 3
 
 _CALL = FrameType.CALL
@@ -85,7 +87,7 @@ _MAX_TRACEBACK_CHARS = 128 << 10
 # An async generator's driver returns this once it has sent the ERROR.
 _REPLIED = object()
 
-Runner = Callable[[Callable[..., Any], CallState, List[Any], Dict[str, Any]],
+_Runner = Callable[[Callable[..., Any], CallState, List[Any], Dict[str, Any]],
                   None]
 
 
@@ -141,7 +143,7 @@ class Worker:
                                    _CHANNEL_TYPES,
                                    max_body=options.max_payload)
         self._control = control
-        self._table: Dict[str, Tuple[FunctionEntry, Runner]] = {}
+        self._table: Dict[str, Tuple[FunctionEntry, _Runner]] = {}
         self._loop: Any = None  # asyncio loop, made by the first async call.
         self._exiting = False
 
@@ -181,7 +183,7 @@ class Worker:
                 self._fatal(Reason.IMPORT_ERROR,
                             f"cannot import module {name!r}: "
                             f"{_describe(exc)}", exc)
-        runners: Dict[str, Runner] = {
+        runners: Dict[str, _Runner] = {
             "function": self._run_function,
             "async": self._run_async,
             "generator": self._run_generator,
@@ -444,7 +446,8 @@ class Worker:
 
     def _send_exception(self, call_id: int, exc: BaseException) -> None:
         tb = exc.__traceback__
-        if isinstance(exc, TypeError) and tb is not None and tb.tb_next is None:
+        if (isinstance(exc, TypeError) and tb is not None
+                and tb.tb_next is None):
             self._send_error(call_id, Reason.INVALID_ARGUMENT,
                              _message_of(exc))
             return
@@ -476,8 +479,9 @@ class Worker:
     def _fatal(self, reason: str, message: str,
                exc: Optional[BaseException] = None) -> NoReturn:
         """Sends FATAL and exits with status 3."""
-        header = _error_header(reason, message)
-        if exc is not None:
+        if exc is None:
+            header = _error_header(reason, message)
+        else:
             header = _error_header(reason, message, type=_type_name(exc),
                                    traceback=_format_traceback(exc))
         self._send(FrameType.FATAL, 0, header)

@@ -127,6 +127,8 @@ class Worker:
             argv += ["--module", module]
         argv += list(args)
         full_env = dict(os.environ)
+        # Would make C stdout unbuffered and hide a missing setvbuf.
+        full_env.pop("PYTHONUNBUFFERED", None)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(PYTHON_DIR)] + [p for p in [os.environ.get("PYTHONPATH")]
                                  if p])
@@ -480,6 +482,11 @@ class CallTest(SharedWorkerTestCase):
         header = self.worker.error(f"{MOD}.divide", [1, 0])
         self.assertEqual(header["type"], "ZeroDivisionError")
         self.assertEqual(header["message"], "division by zero")
+
+    def test_system_exit_in_a_call_is_reported_not_obeyed(self) -> None:
+        header = self.worker.error(f"{MOD}.exits")
+        self.assertEqual((header["reason"], header["type"]),
+                         ("python_exception", "SystemExit"))
 
     def test_unencodable_result_names_type_and_path(self) -> None:
         header = self.worker.error(f"{MOD}.unencodable")

@@ -122,8 +122,10 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeConfig config) {
 
 absl::Status Node::StartPools() {
   const size_t n = config_.pools.size();
-  std::vector<absl::StatusOr<std::unique_ptr<Pool>>> started(
-      n, absl::UnknownError("not started"));
+  std::vector<absl::StatusOr<std::unique_ptr<Pool>>> started;
+  for (size_t i = 0; i < n; ++i) {
+    started.emplace_back(absl::UnknownError("not started"));
+  }
   std::vector<std::thread> threads;
   for (size_t i = 0; i < n; ++i) {
     threads.emplace_back([this, i, &started] {

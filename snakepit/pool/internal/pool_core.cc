@@ -103,10 +103,14 @@ PoolCore::~PoolCore() { Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
 
 absl::Status PoolCore::Start() {
   Watch(waker_.fd(), kWaker);
-  for (int i = 0; i < options_.size; ++i) {
-    if (absl::Status s = SpawnWorker(); !s.ok()) {
-      return s;
-    }
+  // Workers are spawned by the I/O thread only, at start as for
+  // replacements: the worker arms a parent-death signal, which Linux ties
+  // to the spawning *thread*, so the spawner must live as long as the
+  // pool. The caller's thread may not.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    missing_ = options_.size;
+    respawn_at_ = absl::Now();
   }
   io_thread_ = std::thread([this] { Loop(); });
 
@@ -118,9 +122,11 @@ absl::Status PoolCore::Start() {
     if (!start_failure_.ok()) {
       return true;
     }
-    return std::all_of(workers_.begin(), workers_.end(), [](auto& entry) {
-      return entry.second->state != WorkerState::kStarting;
-    });
+    int ready = 0;
+    for (const auto& [serial, w] : workers_) {
+      ready += w->state != WorkerState::kStarting;
+    }
+    return ready == options_.size;
   };
   changed_.wait_until(lock, absl::ToChronoTime(limit), all_ready);
   if (!start_failure_.ok()) {
@@ -921,9 +927,13 @@ void PoolCore::RespawnMissing() {
   }
   for (int i = 0; i < count; ++i) {
     if (absl::Status s = SpawnWorker(); !s.ok()) {
-      Log().error("pool {}: cannot replace a worker: {}", options_.name,
+      Log().error("pool {}: cannot start a worker: {}", options_.name,
                   std::string(s.message()));
       std::lock_guard<std::mutex> lock(mu_);
+      if (!catalogue_known_ && start_failure_.ok()) {
+        start_failure_ = s;  // fails Start
+        changed_.notify_all();
+      }
       ++missing_;
       respawn_at_ = absl::Now() + absl::Seconds(1);
     }

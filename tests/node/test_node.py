@@ -1,0 +1,368 @@
+"""snakepitd as a real process, called from the CLI, the C++ client and
+the Python client (examples/python_client.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+from typing import List, Optional
+
+ROOT = os.environ.get("SNAKEPIT_ROOT", os.getcwd())
+BUILD = os.environ.get("SNAKEPIT_BUILD", os.path.join(ROOT, "build"))
+DAEMON = os.path.join(BUILD, "snakepitd")
+CLI = os.path.join(BUILD, "snakepit")
+CPP_CLIENT = os.path.join(BUILD, "client_example")
+FAULTS = os.path.join(ROOT, "tests", "pool", "fixtures", "faults.py")
+LAB = os.path.join(ROOT, "examples", "lab.py")
+PY = "/usr/bin/python3"
+
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+os.environ.setdefault("SNAKEPIT_PROTO_PY",
+                      os.path.join(BUILD, "proto_gen", "python"))
+import grpc  # noqa: E402
+import python_client  # noqa: E402
+
+
+class Node:
+    """One snakepitd process, on port 0 and a Unix socket."""
+
+    def __init__(self, *extra: str, config: Optional[str] = None,
+                 workers: int = 2) -> None:
+        self.dir = tempfile.mkdtemp(prefix="snakepit-node-")
+        self.ready_file = os.path.join(self.dir, "ready.json")
+        self.socket = os.path.join(self.dir, "node.sock")
+        args = [DAEMON, "--listen", "127.0.0.1:0", "--listen",
+                f"unix:{self.socket}", "--admin", "127.0.0.1:0",
+                "--ready-file", self.ready_file, "--log-format", "json"]
+        if config is None:
+            args += ["--module", FAULTS, "--module", LAB, "--python", PY,
+                     "--workers", str(workers)]
+        else:
+            args += ["--config", config]
+        self.log = open(os.path.join(self.dir, "node.log"), "w+")
+        self.proc = subprocess.Popen(args + list(extra), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.ready_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("node did not start:\n" + self.logs())
+            time.sleep(0.02)
+        with open(self.ready_file) as f:
+            ready = json.load(f)
+        self.addr = ready["grpc"][0]
+        self.unix_addr = f"unix:{self.socket}"
+        self.admin = ready["admin"]
+
+    def logs(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def http(self, path: str) -> tuple:
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}{path}",
+                                        timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def worker_pids(self) -> List[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        return self.proc.returncode
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class ServingTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.node = Node()
+        cls.client = python_client.Client(cls.node.addr)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+        cls.assertEqual = unittest.TestCase.assertEqual
+        code = cls.node.stop()
+        if code != 0:
+            raise AssertionError(f"node exited {code}:\n{cls.node.logs()}")
+
+    def test_three_clients_get_identical_results(self) -> None:
+        args = json.dumps({"values": [3.5, 1.25, 9, 4, 7.75]})
+        from_cli = cli("call", "lab.stats", "--addr", self.node.addr,
+                       "--json", args)
+        self.assertEqual(from_cli.returncode, 0, from_cli.stderr)
+        from_unix = cli("call", "lab.stats", "--addr", self.node.unix_addr,
+                        "--json", args)
+        from_cpp = subprocess.run([CPP_CLIENT, self.node.addr, "lab.stats",
+                                   args], capture_output=True, text=True,
+                                  timeout=60)
+        self.assertEqual(from_cpp.returncode, 0, from_cpp.stderr)
+        from_python = self.client.call("lab.stats", json.loads(args))
+        self.assertEqual(json.loads(from_cli.stdout), from_python)
+        self.assertEqual(json.loads(from_unix.stdout), from_python)
+        self.assertEqual(json.loads(from_cpp.stdout), from_python)
+
+    def test_fn_list_health_and_node_info(self) -> None:
+        r = cli("fn", "list", "--addr", self.node.addr, "-o", "json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = {f["name"] for f in json.loads(r.stdout)}
+        self.assertTrue({"faults.add", "lab.train_digits"} <= names)
+        self.assertEqual(cli("health", "--addr", self.node.addr,
+                             "--ready").returncode, 0)
+        r = cli("node", "info", "--addr", self.node.addr, "-o", "json")
+        info = json.loads(r.stdout)
+        self.assertEqual(info["pools"][0]["size"], 2)
+        self.assertFalse(info["draining"])
+
+    def test_python_exception_details_reach_every_client(self) -> None:
+        with self.assertRaises(python_client.SnakepitError) as caught:
+            self.client.call("faults.raise_two_arg")
+        self.assertEqual(caught.exception.reason, "python_exception")
+        self.assertEqual(caught.exception.python_type, "faults.TwoArgError")
+        self.assertIn("raise TwoArgError", caught.exception.traceback)
+        r = cli("call", "faults.raise_two_arg", "--addr", self.node.addr)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("error: python_exception: faults.TwoArgError",
+                      r.stderr)
+        self.assertIn("Traceback", r.stderr)
+
+    def test_deadline_of_one_second_on_a_ten_second_call(self) -> None:
+        start = time.monotonic()
+        with self.assertRaises(python_client.SnakepitError) as caught:
+            self.client.call("faults.sleep", {"seconds": 10}, timeout=1)
+        took = time.monotonic() - start
+        self.assertEqual(caught.exception.code,
+                         grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertLess(took, 1.5)
+        # Both workers take calls again soon after (the sleeping one is
+        # replaced after the cancel grace).
+        deadline = time.monotonic() + 6
+        pids = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(self.client.call("faults.pid", timeout=5))
+        self.assertEqual(len(pids), 2)
+
+    def test_cancelling_a_stream_stops_the_generator(self) -> None:
+        marker = os.path.join(self.node.dir, "stream-closed")
+        chunks = self.client.stream("faults.guarded_ticker",
+                                    {"marker": marker, "interval": 0.05})
+        got = [next(chunks) for _ in range(3)]
+        self.assertEqual(got, [0, 1, 2])
+        chunks.close()  # cancels the RPC
+        deadline = time.monotonic() + 1
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(os.path.exists(marker), "finally did not run")
+        self.assertEqual(self.client.call("faults.add", {"a": 1}), 1)
+
+    def test_cli_stream(self) -> None:
+        r = cli("call", "faults.ticker", "--addr", self.node.addr, "-a",
+                "n=3", "-a", "interval=0", "--stream")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([json.loads(x) for x in r.stdout.splitlines()],
+                         [0, 1, 2])
+
+    def test_malformed_input_on_every_edge(self) -> None:
+        r = cli("call", "faults.add", "--addr", self.node.addr, "--json",
+                "{bad")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("invalid JSON", r.stderr)
+
+        stub = self.client._call
+        bad_type = python_client.pb.CallRequest(
+            function="faults.add",
+            args=python_client.pb.Payload(content_type="text/yaml",
+                                          data=b"a: 1"))
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub(bad_type, timeout=10)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("unsupported content type", caught.exception.details())
+
+        with self.assertRaises(python_client.SnakepitError) as unknown:
+            self.client.call("faults.nope")
+        self.assertEqual(unknown.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(unknown.exception.reason, "unknown_function")
+
+        empty = python_client.pb.CallRequest(
+            function="faults.add",
+            args=python_client.pb.Payload(content_type="application/msgpack",
+                                          data=b""))
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub(empty, timeout=10)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+
+        garbage = python_client.pb.CallRequest(
+            function="faults.add",
+            args=python_client.pb.Payload(content_type="application/msgpack",
+                                          data=b"\xc1\xc1"))
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub(garbage, timeout=10)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+
+        big = python_client.pb.CallRequest(
+            function="faults.byte_len",
+            args=python_client.pb.Payload(
+                content_type="application/msgpack",
+                data=b"\x81\xa4data\xc6"
+                + ((128 << 20) + 16).to_bytes(4, "big")
+                + bytes((128 << 20) + 16)))
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub(big, timeout=30)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn(str(128 << 20), caught.exception.details())
+
+        self.assertEqual(self.client.call("faults.add", {"a": 2, "b": 3}), 5)
+
+    def test_metrics_parse_and_count_calls(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def calls_ok() -> float:
+            status, text = self.node.http("/metrics")
+            self.assertEqual(status, 200)
+            total = 0.0
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if (sample.name == "snakepit_calls_total"
+                            and sample.labels.get("function") == "faults.add"
+                            and sample.labels.get("code") == "OK"):
+                        total += sample.value
+            return total
+
+        before = calls_ok()
+        for i in range(7):
+            self.client.call("faults.add", {"a": i})
+        self.assertEqual(calls_ok() - before, 7)
+
+    def test_livez_and_readyz(self) -> None:
+        self.assertEqual(self.node.http("/livez")[0], 200)
+        status, text = self.node.http("/readyz?verbose")
+        self.assertEqual(status, 200, text)
+        self.assertIn("not draining", text)
+
+
+class AuthTest(unittest.TestCase):
+    def test_without_the_token_no_worker_sees_the_call(self) -> None:
+        node = Node("--token", "s3cret", workers=1)
+        try:
+            marker = os.path.join(node.dir, "touched")
+            anonymous = python_client.Client(node.addr)
+            with self.assertRaises(python_client.SnakepitError) as caught:
+                anonymous.call("faults.touch", {"path": marker})
+            self.assertEqual(caught.exception.code,
+                             grpc.StatusCode.UNAUTHENTICATED)
+            wrong = python_client.Client(node.addr, token="guess")
+            with self.assertRaises(python_client.SnakepitError):
+                wrong.call("faults.touch", {"path": marker})
+            self.assertFalse(os.path.exists(marker))
+            r = cli("call", "faults.touch", "--addr", node.addr, "-a",
+                    f"path={marker}")
+            self.assertEqual(r.returncode, 3)
+            self.assertIn("unauthenticated", r.stderr)
+            authorised = python_client.Client(node.addr, token="s3cret")
+            self.assertEqual(authorised.call("faults.touch",
+                                             {"path": marker}), marker)
+            self.assertTrue(os.path.exists(marker))
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+
+class QueueTest(unittest.TestCase):
+    def test_queue_full_fails_at_once(self) -> None:
+        config = os.path.join(tempfile.mkdtemp(), "node.toml")
+        with open(config, "w") as f:
+            f.write(f'[[pool]]\nname = "small"\nmodules = ["{FAULTS}"]\n'
+                    f'python = "{PY}"\nsize = 1\nmax_queue = 1\n')
+        node = Node(config=config)
+        try:
+            client = python_client.Client(node.addr)
+            busy = [client._call.future(client._request(
+                "faults.sleep", {"seconds": 1}), timeout=20)
+                for _ in range(2)]  # one runs, one waits
+            time.sleep(0.2)
+            start = time.monotonic()
+            with self.assertRaises(python_client.SnakepitError) as caught:
+                client.call("faults.sleep", {"seconds": 1}, timeout=20)
+            self.assertLess(time.monotonic() - start, 0.5)
+            self.assertEqual(caught.exception.code,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(caught.exception.reason, "queue_full")
+            for f in busy:
+                f.result()
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+
+class ShutdownTest(unittest.TestCase):
+    def test_sigterm_drains_calls_then_exits_zero(self) -> None:
+        node = Node(workers=4)
+        client = python_client.Client(node.addr)
+        pids = node.worker_pids()
+        self.assertEqual(len(pids), 4)
+        calls = [client._call.future(client._request(
+            "faults.sleep", {"seconds": 1.5}), timeout=30)
+            for _ in range(4)]
+        time.sleep(0.3)
+        node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status, _ = node.http("/readyz")
+        self.assertEqual(status, 503)
+        for f in calls:
+            self.assertEqual(json.loads(f.result().result.data), 1.5)
+        self.assertEqual(node.proc.wait(timeout=30), 0, node.logs())
+        for pid in pids:
+            self.assertFalse(alive(pid), f"worker {pid} outlived the node")
+        node.log.close()
+
+    def test_sigkill_of_the_node_ends_its_workers(self) -> None:
+        node = Node(workers=3)
+        pids = node.worker_pids()
+        self.assertEqual(len(pids), 3)
+        node.proc.kill()
+        node.proc.wait(timeout=10)
+        deadline = time.monotonic() + 2
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse([p for p in pids if alive(p)])
+        node.log.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
