@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -32,7 +33,10 @@ class Metrics {
                   absl::Duration queue_wait);
 
   // Renders every metric in the Prometheus text format, with `gauges`
-  // for the pools' current state.
+  // for the pools' current state. A pool, state or reason missing from
+  // `gauges` drops out of the output, so list zero counts to keep a
+  // series. snakepit_worker_restarts_total follows the cumulative counts
+  // given here; a count that fell restarts its series from that value.
   std::string Render(const std::vector<PoolGauges>& gauges);
 
  private:

@@ -1,5 +1,7 @@
 #include "snakepit/server/config.h"
 
+#include <toml++/toml.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -10,13 +12,12 @@
 #include <string_view>
 #include <utility>
 
-#include <toml++/toml.h>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+
 #include "snakepit/base/status.h"
 
 namespace snakepit::server {
@@ -171,9 +172,7 @@ class TableReader {
   void Check(std::string_view key, bool ok, std::string_view message);
   void Fail(const toml::node& at, std::string_view message);
 
-  const toml::node* Find(std::string_view key) const {
-    return table_.get(key);
-  }
+  const toml::node* Find(std::string_view key) const { return table_.get(key); }
   std::string Name(std::string_view key) const {
     return prefix_.empty() ? std::string(key)
                            : absl::StrCat(prefix_, ".", ToAbsl(key));
@@ -196,9 +195,9 @@ class TableReader {
 void TableReader::FailAt(const toml::source_region& where,
                          std::string_view message) {
   if (status_.ok()) {
-    status_ = ConfigError(absl::StrCat(file_, ":", where.begin.line, ":",
-                                       where.begin.column, ": ",
-                                       ToAbsl(message)));
+    status_ =
+        ConfigError(absl::StrCat(file_, ":", where.begin.line, ":",
+                                 where.begin.column, ": ", ToAbsl(message)));
   }
 }
 
@@ -237,8 +236,7 @@ void TableReader::CheckKeys(std::initializer_list<std::string_view> allowed) {
   }
 }
 
-const toml::node* TableReader::Get(std::string_view key,
-                                   toml::node_type type,
+const toml::node* TableReader::Get(std::string_view key, toml::node_type type,
                                    std::string_view expected) {
   const toml::node* node = Find(key);
   if (!status_.ok() || node == nullptr) {
@@ -285,8 +283,8 @@ void TableReader::Read(std::string_view key, std::vector<std::string>* out,
 }
 
 void TableReader::Read(std::string_view key, absl::Duration* out) {
-  const toml::node* node = Get(key, toml::node_type::string,
-                               "a duration string such as \"30s\"");
+  const toml::node* node =
+      Get(key, toml::node_type::string, "a duration string such as \"30s\"");
   if (node == nullptr) {
     return;
   }
@@ -321,10 +319,10 @@ const toml::table* TableReader::Table(std::string_view key) {
 
 absl::Status ParseNode(const toml::table& table, const std::string& file,
                        NodeConfig* config) {
-  TableReader r(table, "node", file,
-                {"listen", "admin", "ready_file", "drain_timeout",
-                 "worker_grace", "max_message_bytes", "log_format",
-                 "log_level"});
+  TableReader r(
+      table, "node", file,
+      {"listen", "admin", "ready_file", "drain_timeout", "worker_grace",
+       "max_message_bytes", "log_format", "log_level"});
   r.Read("listen", &config->listen, IsListener,
          "is not HOST:PORT or unix:PATH");
   r.Check("listen", !config->listen.empty(), "needs a listener");
@@ -395,10 +393,10 @@ absl::Status ParsePoolEnv(const toml::table& table, const std::string& file,
 
 absl::Status ParsePool(const toml::table& table, const std::string& file,
                        PoolConfig* pool) {
-  TableReader r(table, "pool", file,
-                {"name", "modules", "paths", "python", "size", "max_queue",
-                 "startup_timeout", "cancel_grace", "max_payload_bytes",
-                 "env"});
+  TableReader r(
+      table, "pool", file,
+      {"name", "modules", "paths", "python", "size", "max_queue",
+       "startup_timeout", "cancel_grace", "max_payload_bytes", "env"});
   r.Read("name", &pool->name);
   r.Check("name", !pool->name.empty(), "is empty");
   r.Read("modules", &pool->modules);
@@ -444,8 +442,8 @@ absl::Status ParsePools(const toml::array& tables, const std::string& file,
 
 absl::Status ParseRoot(const toml::table& root, const std::string& file,
                        NodeConfig* config) {
-  using Parser = absl::Status (*)(const toml::table&, const std::string&,
-                                  NodeConfig*);
+  using Parser =
+      absl::Status (*)(const toml::table&, const std::string&, NodeConfig*);
   struct Section {
     const toml::table* table;
     Parser parse;
@@ -464,8 +462,7 @@ absl::Status ParseRoot(const toml::table& root, const std::string& file,
     if (section.table == nullptr) {
       continue;
     }
-    if (absl::Status s = section.parse(*section.table, file, config);
-        !s.ok()) {
+    if (absl::Status s = section.parse(*section.table, file, config); !s.ok()) {
       return s;
     }
   }
@@ -499,7 +496,7 @@ absl::Status ApplyEnvDuration(std::string_view name, std::string_view value,
                               absl::Duration* out) {
   absl::StatusOr<absl::Duration> d = ParseDurationText(value);
   if (!d.ok()) {
-    return EnvError(name, d.status().message());
+    return EnvError(name, std::string(d.status().message()));
   }
   *out = *d;
   return absl::OkStatus();
@@ -509,8 +506,8 @@ absl::Status ApplyEnvBytes(std::string_view name, std::string_view value,
                            uint32_t* out) {
   int64_t n = 0;
   if (!absl::SimpleAtoi(ToAbsl(value), &n)) {
-    return EnvError(name, absl::StrCat("\"", ToAbsl(value),
-                                       "\" is not an integer"));
+    return EnvError(name,
+                    absl::StrCat("\"", ToAbsl(value), "\" is not an integer"));
   }
   if (n < 1 || n > kMaxU32) {
     return EnvError(name, RangeMessage(n, 1, kMaxU32));
@@ -522,8 +519,8 @@ absl::Status ApplyEnvBytes(std::string_view name, std::string_view value,
 absl::Status ApplyEnvChoice(std::string_view name, std::string_view value,
                             bool valid, std::string* out) {
   if (!valid) {
-    return EnvError(name, absl::StrCat("unknown value \"", ToAbsl(value),
-                                       "\""));
+    return EnvError(name,
+                    absl::StrCat("unknown value \"", ToAbsl(value), "\""));
   }
   *out = std::string(value);
   return absl::OkStatus();
@@ -540,8 +537,8 @@ absl::Status ApplyEnvVar(std::string_view name, std::string_view value,
     config->listen = std::move(*listeners);
   } else if (name == "SNAKEPIT_ADMIN") {
     if (!value.empty() && !IsHostPort(value)) {
-      return EnvError(name, absl::StrCat("\"", ToAbsl(value),
-                                         "\" is not HOST:PORT"));
+      return EnvError(name,
+                      absl::StrCat("\"", ToAbsl(value), "\" is not HOST:PORT"));
     }
     config->admin = std::string(value);
   } else if (name == "SNAKEPIT_TOKEN") {
@@ -549,11 +546,9 @@ absl::Status ApplyEnvVar(std::string_view name, std::string_view value,
   } else if (name == "SNAKEPIT_READY_FILE") {
     config->ready_file = std::string(value);
   } else if (name == "SNAKEPIT_LOG_FORMAT") {
-    return ApplyEnvChoice(name, value, IsLogFormat(value),
-                          &config->log_format);
+    return ApplyEnvChoice(name, value, IsLogFormat(value), &config->log_format);
   } else if (name == "SNAKEPIT_LOG_LEVEL") {
-    return ApplyEnvChoice(name, value, IsLogLevel(value),
-                          &config->log_level);
+    return ApplyEnvChoice(name, value, IsLogLevel(value), &config->log_level);
   } else if (name == "SNAKEPIT_DRAIN_TIMEOUT") {
     return ApplyEnvDuration(name, value, &config->drain_timeout);
   } else if (name == "SNAKEPIT_WORKER_GRACE") {
@@ -565,16 +560,15 @@ absl::Status ApplyEnvVar(std::string_view name, std::string_view value,
   return absl::OkStatus();
 }
 
-absl::Status ApplyEnv(const std::vector<std::string>& env,
-                      NodeConfig* config) {
+absl::Status ApplyEnv(const std::vector<std::string>& env, NodeConfig* config) {
   for (const std::string& entry : env) {
     size_t eq = entry.find('=');
     if (eq == std::string::npos || !entry.starts_with("SNAKEPIT_")) {
       continue;
     }
     std::string_view view(entry);
-    absl::Status s = ApplyEnvVar(view.substr(0, eq), view.substr(eq + 1),
-                                 config);
+    absl::Status s =
+        ApplyEnvVar(view.substr(0, eq), view.substr(eq + 1), config);
     if (!s.ok()) {
       return s;
     }
@@ -583,12 +577,7 @@ absl::Status ApplyEnv(const std::vector<std::string>& env,
 }
 
 // Flag names here match the snakepitd command line.
-absl::Status ApplyOverrides(const ConfigOverrides& flags,
-                            NodeConfig* config) {
-  if (!flags.listen.empty()) config->listen = flags.listen;
-  if (flags.admin_set) config->admin = flags.admin;
-  if (!flags.token.empty()) config->token = flags.token;
-  if (!flags.ready_file.empty()) config->ready_file = flags.ready_file;
+absl::Status ApplyLogFlags(const ConfigOverrides& flags, NodeConfig* config) {
   if (!flags.log_format.empty()) {
     if (!IsLogFormat(flags.log_format)) {
       return ConfigError(absl::StrCat("--log-format: unknown value \"",
@@ -598,30 +587,55 @@ absl::Status ApplyOverrides(const ConfigOverrides& flags,
   }
   if (!flags.log_level.empty()) {
     if (!IsLogLevel(flags.log_level)) {
-      return ConfigError(absl::StrCat("--log-level: unknown level \"",
-                                      flags.log_level, "\""));
+      return ConfigError(
+          absl::StrCat("--log-level: unknown level \"", flags.log_level, "\""));
     }
     config->log_level = flags.log_level;
   }
+  return absl::OkStatus();
+}
+
+// --module replaces the pools with one. Without it, --python and
+// --workers apply to every pool of the file.
+void ApplyPoolFlags(const ConfigOverrides& flags, NodeConfig* config) {
   if (!flags.modules.empty()) {
     PoolConfig pool;
     pool.modules = flags.modules;
     config->pools = {std::move(pool)};
   }
-  // Without --module, --python and --workers apply to every pool.
   for (PoolConfig& pool : config->pools) {
-    if (!flags.python.empty()) pool.python = flags.python;
-    if (flags.workers != 0) pool.size = flags.workers;
+    if (!flags.python.empty()) {
+      pool.python = flags.python;
+    }
+    if (flags.workers != 0) {
+      pool.size = flags.workers;
+    }
   }
-  return absl::OkStatus();
+}
+
+absl::Status ApplyFlags(const ConfigOverrides& flags, NodeConfig* config) {
+  if (!flags.listen.empty()) {
+    config->listen = flags.listen;
+  }
+  if (flags.admin_set) {
+    config->admin = flags.admin;
+  }
+  if (!flags.token.empty()) {
+    config->token = flags.token;
+  }
+  if (!flags.ready_file.empty()) {
+    config->ready_file = flags.ready_file;
+  }
+  ApplyPoolFlags(flags, config);
+  return ApplyLogFlags(flags, config);
 }
 
 // ---- Validation ----------------------------------------------------------
 
 absl::Status ValidateListeners(const NodeConfig& config) {
   if (config.listen.empty()) {
-    return ConfigError("no gRPC listener: set node.listen, "
-                       "SNAKEPIT_LISTEN or --listen");
+    return ConfigError(
+        "no gRPC listener: set node.listen, SNAKEPIT_LISTEN or --listen");
   }
   for (const std::string& listener : config.listen) {
     if (!IsListener(listener)) {
@@ -630,8 +644,8 @@ absl::Status ValidateListeners(const NodeConfig& config) {
     }
   }
   if (!config.admin.empty() && !IsHostPort(config.admin)) {
-    return ConfigError(absl::StrCat("admin listener \"", config.admin,
-                                    "\" is not HOST:PORT"));
+    return ConfigError(
+        absl::StrCat("admin listener \"", config.admin, "\" is not HOST:PORT"));
   }
   return absl::OkStatus();
 }
@@ -669,12 +683,12 @@ absl::Status Validate(const NodeConfig& config) {
     return ConfigError("tls: give both cert_file and key_file, or neither");
   }
   if (!IsLogFormat(config.log_format)) {
-    return ConfigError(absl::StrCat("unknown log format \"",
-                                    config.log_format, "\""));
+    return ConfigError(
+        absl::StrCat("unknown log format \"", config.log_format, "\""));
   }
   if (!IsLogLevel(config.log_level)) {
-    return ConfigError(absl::StrCat("unknown log level \"",
-                                    config.log_level, "\""));
+    return ConfigError(
+        absl::StrCat("unknown log level \"", config.log_level, "\""));
   }
   return ValidatePools(config.pools);
 }
@@ -737,24 +751,29 @@ std::string QuoteDuration(absl::Duration d) {
   return Quote(absl::FormatDuration(d));
 }
 
+// Appends the line "key = value"; `value` is already TOML.
+void AppendKey(std::string* out, std::string_view key,
+               const std::string& value) {
+  absl::StrAppend(out, ToAbsl(key), " = ", value, "\n");
+}
+
 void PrintPool(const PoolConfig& pool, std::string* out) {
-  absl::StrAppend(out, "\n[[pool]]\n",                                  //
-                  "name = ", Quote(pool.name), "\n",                    //
-                  "modules = ", QuoteList(pool.modules), "\n",          //
-                  "paths = ", QuoteList(pool.paths), "\n",              //
-                  "python = ", Quote(pool.python), "\n",                //
-                  "size = ", pool.size, "\n",                           //
-                  "max_queue = ", pool.max_queue, "\n",                 //
-                  "startup_timeout = ", QuoteDuration(pool.startup_timeout),
-                  "\n",  //
-                  "cancel_grace = ", QuoteDuration(pool.cancel_grace), "\n",
-                  "max_payload_bytes = ", pool.max_payload_bytes, "\n");
+  absl::StrAppend(out, "\n[[pool]]\n");
+  AppendKey(out, "name", Quote(pool.name));
+  AppendKey(out, "modules", QuoteList(pool.modules));
+  AppendKey(out, "paths", QuoteList(pool.paths));
+  AppendKey(out, "python", Quote(pool.python));
+  AppendKey(out, "size", absl::StrCat(pool.size));
+  AppendKey(out, "max_queue", absl::StrCat(pool.max_queue));
+  AppendKey(out, "startup_timeout", QuoteDuration(pool.startup_timeout));
+  AppendKey(out, "cancel_grace", QuoteDuration(pool.cancel_grace));
+  AppendKey(out, "max_payload_bytes", absl::StrCat(pool.max_payload_bytes));
   if (pool.env.empty()) {
     return;
   }
   absl::StrAppend(out, "\n[pool.env]\n");
   for (const auto& [name, value] : pool.env) {
-    absl::StrAppend(out, QuoteKey(name), " = ", Quote(value), "\n");
+    AppendKey(out, QuoteKey(name), Quote(value));
   }
 }
 
@@ -766,16 +785,15 @@ absl::StatusOr<NodeConfig> ParseConfig(const std::string& toml_text,
   // toml++ reports syntax errors by exception; this is the only place one
   // can arise, so it is converted here (STYLE.md 8).
   try {
-    root = toml::parse(std::string_view(toml_text),
-                       std::string_view(file_name));
+    root =
+        toml::parse(std::string_view(toml_text), std::string_view(file_name));
   } catch (const toml::parse_error& e) {
     std::string what(e.description());
     if (!what.empty()) {
       what[0] = absl::ascii_tolower(static_cast<unsigned char>(what[0]));
     }
-    return ConfigError(absl::StrCat(file_name, ":", e.source().begin.line,
-                                    ":", e.source().begin.column, ": ",
-                                    what));
+    return ConfigError(absl::StrCat(file_name, ":", e.source().begin.line, ":",
+                                    e.source().begin.column, ": ", what));
   }
   NodeConfig config;
   if (absl::Status s = ParseRoot(root, file_name, &config); !s.ok()) {
@@ -800,8 +818,12 @@ absl::StatusOr<NodeConfig> LoadConfig(const std::string& path,
     config = std::move(*parsed);
   }
   absl::Status s = ApplyEnv(env, &config);
-  if (s.ok()) s = ApplyOverrides(overrides, &config);
-  if (s.ok()) s = Validate(config);
+  if (s.ok()) {
+    s = ApplyFlags(overrides, &config);
+  }
+  if (s.ok()) {
+    s = Validate(config);
+  }
   if (!s.ok()) {
     return s;
   }
@@ -809,20 +831,21 @@ absl::StatusOr<NodeConfig> LoadConfig(const std::string& path,
 }
 
 std::string PrintConfig(const NodeConfig& config) {
-  std::string out = absl::StrCat(
-      "[node]\n",                                                 //
-      "listen = ", QuoteList(config.listen), "\n",                //
-      "admin = ", Quote(config.admin), "\n",                      //
-      "ready_file = ", Quote(config.ready_file), "\n",            //
-      "drain_timeout = ", QuoteDuration(config.drain_timeout), "\n",
-      "worker_grace = ", QuoteDuration(config.worker_grace), "\n",
-      "max_message_bytes = ", config.max_message_bytes, "\n",    //
-      "log_format = ", Quote(config.log_format), "\n",            //
-      "log_level = ", Quote(config.log_level), "\n");
-  absl::StrAppend(&out, "\n[auth]\ntoken = ",
-                  Quote(config.token.empty() ? "" : "<redacted>"), "\n");
-  absl::StrAppend(&out, "\n[tls]\ncert_file = ", Quote(config.tls_cert_file),
-                  "\nkey_file = ", Quote(config.tls_key_file), "\n");
+  std::string out = "[node]\n";
+  AppendKey(&out, "listen", QuoteList(config.listen));
+  AppendKey(&out, "admin", Quote(config.admin));
+  AppendKey(&out, "ready_file", Quote(config.ready_file));
+  AppendKey(&out, "drain_timeout", QuoteDuration(config.drain_timeout));
+  AppendKey(&out, "worker_grace", QuoteDuration(config.worker_grace));
+  AppendKey(&out, "max_message_bytes", absl::StrCat(config.max_message_bytes));
+  AppendKey(&out, "log_format", Quote(config.log_format));
+  AppendKey(&out, "log_level", Quote(config.log_level));
+
+  absl::StrAppend(&out, "\n[auth]\n");
+  AppendKey(&out, "token", Quote(config.token.empty() ? "" : "<redacted>"));
+  absl::StrAppend(&out, "\n[tls]\n");
+  AppendKey(&out, "cert_file", Quote(config.tls_cert_file));
+  AppendKey(&out, "key_file", Quote(config.tls_key_file));
   for (const PoolConfig& pool : config.pools) {
     PrintPool(pool, &out);
   }

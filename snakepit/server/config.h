@@ -27,6 +27,8 @@ struct PoolConfig {
   absl::Duration cancel_grace = absl::Seconds(2);
   uint32_t max_payload_bytes = 256u << 20;
   std::map<std::string, std::string> env;
+
+  friend bool operator==(const PoolConfig&, const PoolConfig&) = default;
 };
 
 struct NodeConfig {
@@ -54,6 +56,8 @@ struct NodeConfig {
   std::string log_level = "info";
 
   std::vector<PoolConfig> pools;
+
+  friend bool operator==(const NodeConfig&, const NodeConfig&) = default;
 };
 
 // Flags given on the command line; unset fields leave the file and the
