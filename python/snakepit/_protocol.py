@@ -133,6 +133,8 @@ class FrameReader:
         self._codec = header_codec
         self._allowed = allowed
         self._max_body = max_body
+        self._last_header_raw = b""
+        self._last_header: Dict[Any, Any] = {}
         self._new_buffer(_INITIAL_BUFFER)
 
     def _new_buffer(self, size: int) -> None:
@@ -184,8 +186,20 @@ class FrameReader:
     def _decode_header(self, start: int, length: int) -> Dict[Any, Any]:
         if length == 0:
             return {}
+        raw = self._view[start:start + length]
+        # Calls to one function without a deadline repeat the same header
+        # byte for byte; reusing its decoded (read-only) map saves a
+        # decode per call.
+        if raw == self._last_header_raw:
+            return self._last_header
+        header = self._decode_new_header(raw)
+        self._last_header_raw = bytes(raw)
+        self._last_header = header
+        return header
+
+    def _decode_new_header(self, raw: memoryview) -> Dict[Any, Any]:
         try:
-            header = self._codec.decode(self._view[start:start + length])
+            header = self._codec.decode(raw)
         except DecodeError as exc:
             raise ProtocolError(f"frame header is not msgpack: "
                                 f"{exc.message}") from None
@@ -282,6 +296,19 @@ class FrameWriter:
                 sent = self._sock.sendmsg(buffers)
                 if sent != total:
                     _send_rest(self._sock, buffers, sent)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from exc
+
+
+    def send_body(self, ftype: int, fid: int, body: bytes) -> None:
+        """Sends a header-less frame whose body is one bytes object: the
+        common RESULT, in one sendmsg."""
+        prefix = _pack_prefix(ftype, 0, 0, 0, len(body), fid)
+        with self._lock:
+            try:
+                sent = self._sock.sendmsg((prefix, body))
+                if sent != len(prefix) + len(body):
+                    _send_rest(self._sock, [prefix, body], sent)
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
 

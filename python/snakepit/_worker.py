@@ -84,6 +84,9 @@ _EARLY_CANCELS_KEPT = 64
 _MAX_MESSAGE_CHARS = 32 << 10
 _MAX_TRACEBACK_CHARS = 128 << 10
 
+# Bytes results from this size on are sent without copying them.
+_BIG_RESULT = 64 * 1024
+
 # An async generator's driver returns this once it has sent the ERROR.
 _REPLIED = object()
 
@@ -316,6 +319,25 @@ class Worker:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._send_exception(state.id, exc)
+            return
+        # The common case in one step: a result that encodes within the
+        # limit. The general path handles encoding errors, the limit, and
+        # large bytes (sent without a copy).
+        body = None
+        cls = type(result)
+        if (cls is not bytes and cls is not bytearray) or len(
+                result) < _BIG_RESULT:
+            try:
+                body = self._codec.encode(result)
+            except EncodeError:
+                pass
+        if body is not None and len(body) <= self._options.max_payload:
+            self._current = None  # see _send
+            try:
+                self._channel.send_body(_RESULT, state.id, body)
+            except ChannelClosed:
+                if not self._exiting:
+                    _exit_host_gone()
             return
         self._send_value(_RESULT, state.id, result)
 

@@ -159,9 +159,11 @@ absl::Status FrameReader::Feed(const char* data, size_t size) {
   return failed_;
 }
 
-absl::Status FrameReader::ReadFrom(int fd, bool* eof) {
+absl::Status FrameReader::ReadFrom(int fd, bool* eof, bool once) {
   *eof = false;
-  while (failed_.ok()) {
+  bool read_any = false;
+  while (failed_.ok() && !(once && read_any)) {
+    read_any = true;
     // A body still to come in full is read in place.
     size_t body_left = in_frame_ && header_have_ == current_.header_len
                            ? current_.body_len - body_have_

@@ -79,9 +79,10 @@ class FrameReader {
   // Takes `size` more bytes of the stream.
   absl::Status Feed(const char* data, size_t size);
 
-  // Reads everything waiting on the non-blocking `fd`. Sets `*eof` at end
-  // of file. A large body is read straight into its frame, not copied.
-  absl::Status ReadFrom(int fd, bool* eof);
+  // Reads everything waiting on the non-blocking `fd`, until EAGAIN, or
+  // with `once` makes a single successful read. Sets `*eof` at end of
+  // file. A large body is read straight into its frame, not copied.
+  absl::Status ReadFrom(int fd, bool* eof, bool once = false);
 
   // Frames completed so far, oldest first.
   std::deque<Frame>& frames() { return frames_; }

@@ -485,6 +485,7 @@ void PoolCore::OnEvent(uint64_t tag, uint32_t events, Deferred* deferred) {
 bool PoolCore::AcquireReader(Worker& w) {
   std::lock_guard<std::mutex> lock(mu_);
   if (w.reader_busy) {
+    w.missed_event = true;
     return false;
   }
   w.reader_busy = true;
@@ -492,23 +493,29 @@ bool PoolCore::AcquireReader(Worker& w) {
 }
 
 void PoolCore::ReleaseReader(const std::shared_ptr<Worker>& w) {
+  bool hand_over = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     w->reader_busy = false;
-    changed_.notify_all();
-  }
-  // The channel is edge-triggered: bytes that came in after the last
-  // read, while this thread still held the reader, raised no event the
-  // I/O thread could act on. If any are waiting, hand them over.
-  struct pollfd pfd = {w->process->channel_fd(), POLLIN, 0};
-  if (w->channel_open.load() && ::poll(&pfd, 1, 0) > 0 &&
-      std::this_thread::get_id() != io_thread_.get_id()) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
+    // An event the I/O thread took while another thread held the reader
+    // (see Drive) is handed back to it.
+    hand_over = std::exchange(w->missed_event, false);
+    if (hand_over) {
       recheck_.push_back(w->serial);
     }
+    changed_.notify_all();
+  }
+  if (hand_over) {
     waker_.Wake();
   }
+}
+
+void PoolCore::SetChannelInterest(const Worker& w, bool interested) {
+  struct epoll_event event = {};
+  event.events = interested ? (EPOLLIN | EPOLLET) : 0;
+  event.data.u64 = (static_cast<uint64_t>(w.serial) << 3) | kChannel;
+  // ENOENT after the channel was closed and removed is fine.
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, w.process->channel_fd(), &event);
 }
 
 void PoolCore::OnChannelEvent(const std::shared_ptr<Worker>& w,
@@ -536,6 +543,11 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
     }
     w->reader_busy = true;
   }
+  // While this thread reads the channel, the I/O thread is not woken for
+  // it: a wakeup per call on the same CPU would cost more than the two
+  // epoll_ctl calls. Re-arming at the end raises an event at once if
+  // bytes are left, so nothing is stranded.
+  SetChannelInterest(*w, false);
   {
     std::lock_guard<std::mutex> lock(call->mu);
     call->driver_wake = w->interrupt;
@@ -568,7 +580,7 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
       w->interrupt->Drain();
     }
     if (fds[0].revents != 0) {
-      ReadChannel(w, &deferred);
+      ReadChannel(w, &deferred, /*once=*/true);
     }
     if (fds[1].revents != 0) {
       break;  // the worker exited: the I/O thread's OnExit takes over
@@ -580,16 +592,20 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
     call->driver_wake = nullptr;
   }
   ReleaseReader(w);
+  if (w->channel_open.load()) {
+    SetChannelInterest(*w, true);
+  }
   RunDeferred(deferred);
 }
 
 void PoolCore::ReadChannel(const std::shared_ptr<Worker>& w,
-                           Deferred* deferred) {
+                           Deferred* deferred, bool once) {
   if (!w->channel_open) {
     return;
   }
   bool eof = false;
-  absl::Status status = w->reader.ReadFrom(w->process->channel_fd(), &eof);
+  absl::Status status =
+      w->reader.ReadFrom(w->process->channel_fd(), &eof, once);
   auto& frames = w->reader.frames();
   while (!frames.empty()) {
     protocol::Frame frame = std::move(frames.front());

@@ -83,6 +83,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     // Whoever reads the channel holds this: the I/O thread or a thread
     // in Drive. Frames are read by one thread at a time, in order.
     bool reader_busy = false;
+    // The I/O thread had an event for the channel while a driving
+    // thread held it; whoever releases it hands the channel back.
+    bool missed_event = false;
 
     // I/O thread only.
     protocol::FrameReader reader;
@@ -116,7 +119,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   bool AcquireReader(Worker& w);
   void ReleaseReader(const std::shared_ptr<Worker>& w);
   void OnChannelEvent(const std::shared_ptr<Worker>& w, Deferred* deferred);
-  void ReadChannel(const std::shared_ptr<Worker>& w, Deferred* deferred);
+  void SetChannelInterest(const Worker& w, bool interested);
+  // With `once`, one read only (a driving thread; see ReleaseReader).
+  void ReadChannel(const std::shared_ptr<Worker>& w, Deferred* deferred,
+                   bool once = false);
   void ReadControl(Worker& w);
   void HandleFrame(const std::shared_ptr<Worker>& w, protocol::Frame& frame,
                    Deferred* deferred);
