@@ -1,161 +1,168 @@
-// Per-call latency of a small call (100 B in, 100 B out), one call in
-// flight: the raw socketpair floor, then Snakepit's Pool.
+// Snakepit's benchmarks from C++, each beside its raw floor.
 //
-//   pool_bench [--calls N] [--payload BYTES] [--python EXE]
+//   pool_bench latency [--calls N] [--limit S] [--payload BYTES]
+//   pool_bench cli     [--calls RUNS]
+//   pool_bench load    --section throughput|scaling --workers 1,2,8
+//                      [--in-flight K] [--calls N] [--limit S]
+//   pool_bench payload [--sizes B,B,...] [--bytes TOTAL] [--calls N]
+//   pool_bench start   [--workers 1,10,50]
 //
-// Prints one JSON object per measurement, as bench/mp_bench.py does.
+// Every command takes --python EXE (default /usr/bin/python3) and prints
+// one JSON object per measurement (bench_util.h).
 
-#include <sys/socket.h>
+#include <fcntl.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <cstring>
-#include <functional>
+#include <map>
 #include <string>
-#include <vector>
 
+#include "absl/strings/escaping.h"
+
+#include "bench/benches.h"
 #include "snakepit/base/log.h"
-#include "snakepit/os/fd.h"
-#include "snakepit/os/process.h"
-#include "snakepit/snakepit.h"
+
+namespace snakepit::bench {
+
+absl::StatusOr<std::unique_ptr<Pool>> StartPool(const PoolSpec& spec) {
+  PoolOptions options;
+  options.name = "bench";
+  options.python = spec.python;
+  options.modules = {std::string(SNAKEPIT_BENCH_DIR) + "/" + spec.module};
+  options.size = spec.workers;
+  options.max_payload_bytes = 256u << 20;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  if (!pool.ok()) {
+    std::fprintf(stderr, "bench: pool: %s\n",
+                 DescribeError(pool.status()).c_str());
+  }
+  return pool;
+}
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-struct Args {
-  int calls = 20000;
-  size_t payload = 100;
-  std::string python = "/usr/bin/python3";
-};
-
-void Report(const std::string& name, std::vector<double> samples) {
-  std::sort(samples.begin(), samples.end());
-  double total = 0;
-  for (double s : samples) {
-    total += s;
-  }
-  size_t n = samples.size();
-  std::printf(
-      "{\"name\": \"%s\", \"calls\": %zu, \"p50_us\": %.3f, "
-      "\"p99_us\": %.3f, \"calls_per_s\": %.1f}\n",
-      name.c_str(), n, samples[n / 2] * 1e6,
-      samples[std::min(n - 1, n * 99 / 100)] * 1e6, n / total);
-  std::fflush(stdout);
+Row LatencyRow(const std::string& name, size_t payload) {
+  return Row{
+      {"section", "latency"}, {"name", name}, {"payload_bytes", payload}};
 }
 
-// Times `call` `calls` times after a tenth as many warm-up calls.
-// Returns false if any call fails.
-bool Measure(const std::string& name, int calls,
-             const std::function<bool()>& call) {
-  for (int i = 0; i < std::max(100, calls / 10); ++i) {
-    if (!call()) {
-      std::fprintf(stderr, "%s: warm-up call failed\n", name.c_str());
-      return false;
-    }
+bool MeasureInto(Row row, const Budget& budget,
+                 const std::function<bool()>& call) {
+  std::optional<Stats> stats =
+      Measure(row["name"].get<std::string>(), budget, call);
+  if (stats) {
+    Print(WithStats(std::move(row), *stats));
   }
-  std::vector<double> samples;
-  samples.reserve(calls);
-  for (int i = 0; i < calls; ++i) {
-    auto t0 = Clock::now();
-    if (!call()) {
-      std::fprintf(stderr, "%s: call failed\n", name.c_str());
-      return false;
-    }
-    samples.push_back(
-        std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  Report(name, std::move(samples));
-  return true;
+  return stats.has_value();
 }
 
-bool ReadExact(int fd, char* out, size_t n) {
-  while (n > 0) {
-    ssize_t got = ::recv(fd, out, n, 0);
-    if (got <= 0) {
-      return false;
-    }
-    out += got;
-    n -= static_cast<size_t>(got);
-  }
-  return true;
-}
-
-bool RawFloor(const Args& args) {
-  snakepit::os::UniqueFd host, child;
-  if (!snakepit::os::MakeSocketPair(&host, &child).ok()) {
+bool LatencyFloor(const Flags& flags, size_t payload) {
+  absl::StatusOr<RawEcho> echo =
+      RawEcho::Start(flags.Get("python", "/usr/bin/python3"));
+  if (!echo.ok()) {
     return false;
   }
-  auto high = snakepit::os::DupAtLeast(child.get(), 10);
-  snakepit::os::SpawnRequest request;
-  request.argv = {args.python, std::string(SNAKEPIT_BENCH_DIR) +
-                                   "/raw_echo.py"};
-  request.fds = {{high->get(), 3}, {1, 1}, {2, 2}};
-  auto process = snakepit::os::Spawn(request);
-  if (!process.ok()) {
-    return false;
-  }
-  child.Reset();
-  high->Reset();
-
-  std::string frame(4 + args.payload, 'x');
-  uint32_t len = static_cast<uint32_t>(args.payload);
-  std::memcpy(frame.data(), &len, 4);
+  std::string frame = RawFrame(payload);
   std::string reply(frame.size(), '\0');
-  bool ok = Measure("raw socketpair echo (floor)", args.calls, [&] {
-    return ::send(host.get(), frame.data(), frame.size(), 0) ==
-               static_cast<ssize_t>(frame.size()) &&
-           ReadExact(host.get(), reply.data(), reply.size());
-  });
-  host.Reset();
-  snakepit::os::AwaitExit(process->pidfd.get(), absl::Seconds(5));
-  (void)snakepit::os::TryReap(process->pidfd.get());
-  return ok;
+  return MeasureInto(LatencyRow("raw socketpair echo (floor)", payload),
+                     flags.MakeBudget(),
+                     [&] { return echo->RoundTrip(frame, &reply); });
 }
 
-bool PoolCalls(const Args& args) {
-  snakepit::PoolOptions options;
-  options.modules = {std::string(SNAKEPIT_BENCH_DIR) + "/bench_echo.py"};
-  options.python = args.python;
-  options.size = 1;
-  auto pool = snakepit::Pool::Start(options);
+bool LatencyPool(const Flags& flags, size_t payload) {
+  auto pool = StartPool({flags.Get("python", "/usr/bin/python3")});
   if (!pool.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 snakepit::DescribeError(pool.status()).c_str());
     return false;
   }
-  snakepit::Value value_args = {
-      {"data", snakepit::Bytes(std::string(args.payload, 'x'))}};
-  std::string raw_args = *snakepit::EncodeValue(value_args);
-  bool ok = Measure("snakepit Pool, msgpack bytes in and out", args.calls,
-                    [&] {
-                      return (*pool)
-                          ->SubmitRaw("bench_echo.echo", raw_args)
-                          .GetRaw()
-                          .ok();
-                    });
-  ok = ok && Measure("snakepit Pool, Value in and out", args.calls, [&] {
-         return (*pool)->Invoke("bench_echo.echo", value_args).ok();
-       });
-  return ok;
+  Value args = {{"data", Bytes(std::string(payload, 'x'))}};
+  std::string raw_args = *EncodeValue(args);
+  bool ok = MeasureInto(
+      LatencyRow("snakepit Pool, msgpack bytes in and out", payload),
+      flags.MakeBudget(), [&] {
+        return (*pool)->SubmitRaw("bench_echo.echo", raw_args).GetRaw().ok();
+      });
+  return ok &&
+         MeasureInto(LatencyRow("snakepit Pool, Value in and out", payload),
+                     flags.MakeBudget(), [&] {
+                       return (*pool)->Invoke("bench_echo.echo", args).ok();
+                     });
 }
 
 }  // namespace
 
+bool RunLatency(const Flags& flags) {
+  size_t payload = static_cast<size_t>(flags.Number("payload", 100));
+  return LatencyFloor(flags, payload) && LatencyPool(flags, payload);
+}
+
+namespace {
+
+// Runs `argv` as a whole process with stdout thrown away; true when it
+// exits with status 0 within 60 s.
+bool RunOnce(const std::vector<std::string>& argv, int devnull) {
+  os::SpawnRequest request;
+  request.argv = argv;
+  request.env = OwnEnvironment();
+  request.fds = {{devnull, 1}, {2, 2}};
+  absl::StatusOr<os::SpawnedProcess> process = os::Spawn(request);
+  if (!process.ok() ||
+      !os::AwaitExit(process->pidfd.get(), absl::Seconds(60))) {
+    return false;
+  }
+  auto exit = os::TryReap(process->pidfd.get());
+  return exit.ok() && exit->has_value() && !(*exit)->signalled &&
+         (*exit)->code == 0;
+}
+
+// The CLI's arguments for one echo of `payload` bytes, given as JSON.
+std::vector<std::string> CliArgv(const std::string& python, size_t payload) {
+  std::string data = absl::Base64Escape(std::string(payload, 'x'));
+  return {SNAKEPIT_CLI,
+          "call",
+          "bench_echo.echo",
+          "--module",
+          std::string(SNAKEPIT_BENCH_DIR) + "/bench_echo.py",
+          "--python",
+          python,
+          "--json",
+          "{\"data\": {\"$bytes\": \"" + data + "\"}}"};
+}
+
+}  // namespace
+
+bool RunCli(const Flags& flags) {
+  std::string python = flags.Get("python", "/usr/bin/python3");
+  int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  Budget budget = flags.MakeBudget();
+  budget.min_calls = 3;
+  std::map<std::string, std::vector<std::string>> commands = {
+      {"python3 -c pass (whole process)", {python, "-c", "pass"}},
+      {"snakepit CLI one-shot (whole process)", CliArgv(python, 100)},
+  };
+  bool ok = true;
+  for (const auto& [name, argv] : commands) {
+    ok = ok && MeasureInto(LatencyRow(name, 100), budget,
+                           [&] { return RunOnce(argv, devnull); });
+  }
+  ::close(devnull);
+  return ok;
+}
+
+}  // namespace snakepit::bench
+
 int main(int argc, char** argv) {
-  Args args;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--calls") {
-      args.calls = std::atoi(argv[i + 1]);
-    } else if (flag == "--payload") {
-      args.payload = std::strtoul(argv[i + 1], nullptr, 10);
-    } else if (flag == "--python") {
-      args.python = argv[i + 1];
-    }
+  using namespace snakepit::bench;
+  const std::map<std::string, bool (*)(const Flags&)> commands = {
+      {"latency", RunLatency}, {"cli", RunCli},     {"load", RunLoad},
+      {"payload", RunPayload}, {"start", RunStart},
+  };
+  auto command = argc > 1 ? commands.find(argv[1]) : commands.end();
+  if (command == commands.end()) {
+    std::fprintf(stderr,
+                 "usage: pool_bench latency|cli|load|payload|start "
+                 "[--flag value ...]\n");
+    return 1;
   }
   snakepit::Log().set_level(spdlog::level::warn);
-  bool ok = RawFloor(args) && PoolCalls(args);
-  return ok ? 0 : 1;
+  snakepit::os::IgnoreSigpipe();
+  return command->second(Flags(argc, argv, 2)) ? 0 : 1;
 }

@@ -1,139 +1,104 @@
-"""Turns the raw lines of bench/run into a JSON result and
-docs/benchmarks.md.
+"""Turns the result lines of bench/run into a JSON result file,
+docs/benchmarks.md and the plots beside it.
 
-    report.py RAW_DIR RESULT_JSON MARKDOWN COMMAND
+    report.py --raw DIR --json FILE --markdown FILE --command TEXT
+              [--seconds N]
+    report.py --again FILE --markdown FILE
 
-Each round is one run of every benchmark in one placement. The report
-gives, per benchmark and placement, the median over rounds of p50, p99 and
-calls per second, and ratios to the floor taken within each round, then
-their median: the machine is shared and noisy, so ratios inside a round
-are what compare fairly.
+The second form writes the report again from a result file's raw lines,
+with its original date and command.
+
+DIR holds one file per round and placement, `round<N>_<placement>.jsonl`,
+each line a result (bench/bench_util.h); summary.py says how they are
+summarised. The JSON file keeps the summary, the targets and every raw
+line, so that bench/compare can set two runs side by side.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
-import sys
 
-FLOOR = "raw socketpair echo (floor)"
-POOL = "snakepit Pool, msgpack bytes in and out"
-MP = "multiprocessing.Pool.apply"
-
-
-def load(raw_dir: str) -> dict:
-    rounds: dict = {}
-    for name in sorted(os.listdir(raw_dir)):
-        stem = name.rsplit(".", 1)[0]
-        round_name, placement = stem.split("_", 1)
-        with open(os.path.join(raw_dir, name)) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        rounds.setdefault(placement, {})[round_name] = {
-            r["name"]: r for r in rows}
-    return rounds
-
-
-def summarise(rounds: dict) -> dict:
-    summary: dict = {}
-    for placement, by_round in rounds.items():
-        names = list(next(iter(by_round.values())).keys())
-        cells = {}
-        for name in names:
-            rows = [r[name] for r in by_round.values() if name in r]
-            ratios = [r[name]["p50_us"] / r[FLOOR]["p50_us"]
-                      for r in by_round.values() if name in r]
-            cells[name] = {
-                "p50_us": statistics.median(x["p50_us"] for x in rows),
-                "p99_us": statistics.median(x["p99_us"] for x in rows),
-                "calls_per_s": statistics.median(
-                    x["calls_per_s"] for x in rows),
-                "p50_vs_floor": statistics.median(ratios),
-                "rounds": len(rows),
-            }
-        summary[placement] = cells
-    return summary
+import report_plots
+import report_text
+import summary as results
 
 
 def machine() -> str:
+    model = "unknown CPU"
     try:
-        model = subprocess.run(
-            ["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-            capture_output=True, text=True).stdout.strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
     except OSError:
-        model = "unknown"
+        pass
     return (f"{os.cpu_count()} vCPU ({model}), Linux "
             f"{platform.release()}, Python {platform.python_version()}")
 
 
-def ratio_line(cells: dict, a: str, b: str) -> str:
-    return f"{cells[b]['p50_us'] / cells[a]['p50_us']:.1f}×"
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
-def markdown(summary: dict, command: str, when: str) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Measured {when} on {machine()}, by `{command}`.",
-        "Regenerate with `bench/run` (full) or `bench/run --quick`.",
-        "",
-        "One small call in flight: 100 bytes in, 100 bytes out, echoed by",
-        "a Python function. *same* pins the host and the worker to one CPU",
-        "(`taskset -c 0`); *default* leaves placement to the scheduler. On",
-        "this VM a wakeup across vCPUs costs about 30 µs",
-        "(`../shared/notes/performance-floor.md`), which dominates every",
-        "blocking transport in *default*. Figures are medians over rounds;",
-        "“× floor” is the median of per-round ratios to the raw socketpair",
-        "echo measured in the same round.",
-        "",
-    ]
-    for placement in ("same", "default"):
-        cells = summary.get(placement)
-        if not cells:
-            continue
-        lines += [f"## Small call, placement: {placement}", "",
-                  "| what | p50 µs | p99 µs | calls/s | × floor |",
-                  "|---|---|---|---|---|"]
-        for name, c in cells.items():
-            lines.append(f"| {name} | {c['p50_us']:.1f} | {c['p99_us']:.1f}"
-                         f" | {c['calls_per_s']:,.0f} |"
-                         f" {c['p50_vs_floor']:.2f} |")
-        lines.append("")
-    same = summary.get("same", {})
-    if POOL in same and MP in same:
-        pool = same[POOL]
-        mp = same[MP]
-        target_ok = pool["p50_vs_floor"] <= 1.5
-        lines += [
-            "## Targets",
-            "",
-            "| target | measured (same CPU) | met |",
-            "|---|---|---|",
-            f"| Pool p50 within 1.5× the raw floor | "
-            f"{pool['p50_vs_floor']:.2f}× | "
-            f"{'yes' if target_ok else 'no, by ' + format(pool['p50_vs_floor'] / 1.5, '.2f') + '×'} |",
-            f"| Pool p50 at least 3× lower than multiprocessing.Pool.apply"
-            f" | {mp['p50_us'] / pool['p50_us']:.1f}× lower | "
-            f"{'yes' if mp['p50_us'] >= 3 * pool['p50_us'] else 'no'} |",
-            "",
-        ]
-    return "\n".join(lines) + "\n"
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--raw")
+    parser.add_argument("--json")
+    parser.add_argument("--again")
+    parser.add_argument("--markdown", required=True)
+    parser.add_argument("--command", default="")
+    parser.add_argument("--seconds", type=int, default=0)
+    args = parser.parse_args()
+    if not args.again and not (args.raw and args.json):
+        parser.error("give --raw and --json, or --again")
+    return args
+
+
+def write(meta: dict, rounds: dict, json_path: str, md_path: str) -> None:
+    summary = results.summarise(rounds)
+    targets = report_text.targets(rounds, summary)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({**meta, "summary": summary, "targets": targets,
+                       "raw": rounds}, f, indent=1)
+    out_dir = os.path.dirname(os.path.abspath(md_path))
+    plots = report_plots.plots(summary, out_dir)
+    with open(md_path, "w") as f:
+        f.write(report_text.markdown(meta, summary, targets, plots))
 
 
 def main() -> None:
-    raw_dir, result_path, md_path, command = sys.argv[1:5]
-    rounds = load(raw_dir)
-    summary = summarise(rounds)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC")
-    with open(result_path, "w") as f:
-        json.dump({"when": when, "command": command, "machine": machine(),
-                   "summary": summary, "rounds": rounds}, f, indent=1)
-    with open(md_path, "w") as f:
-        f.write(markdown(summary, command, when))
+    args = parse()
+    if args.again:
+        with open(args.again) as f:
+            old = json.load(f)
+        meta = {k: v for k, v in old.items()
+                if k not in ("summary", "targets", "raw")}
+        write(meta, old["raw"], "", args.markdown)
+        return
+    rounds = results.load(args.raw)
+    meta = {
+        "format": 2,
+        "when": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"),
+        "command": args.command.strip(),
+        "machine": machine(),
+        "commit": commit(),
+        "seconds": args.seconds,
+        "rounds": max((len(r) for r in rounds.values()), default=0),
+    }
+    write(meta, rounds, args.json, args.markdown)
 
 
 if __name__ == "__main__":
