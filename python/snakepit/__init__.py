@@ -20,8 +20,11 @@ the modules and serves their functions (docs/protocol.md).
 from __future__ import annotations
 
 from ._context import Context
-from ._registry import catalogue, function, on_start
+from ._registry import catalogue, function, on_session_end, on_start
+from ._session import Session, SessionConflict, SessionError
 
-__all__ = ["Context", "__version__", "catalogue", "function", "on_start"]
+__all__ = ["Context", "Session", "SessionConflict", "SessionError",
+           "__version__", "catalogue", "function", "on_session_end",
+           "on_start"]
 
 __version__ = "0.1.0"

@@ -42,10 +42,12 @@ class Context:
             None when the call has none.
         pool: the name of the worker's pool.
         worker_pid: the worker's process id.
+        session: the call's snakepit.Session (variables, programs,
+            `local`), or None for a call made outside a session.
     """
 
     __slots__ = ("call_id", "function", "deadline", "pool", "worker_pid",
-                 "_state", "_sink", "_logger")
+                 "session", "_state", "_sink", "_logger")
 
     def __init__(self, call_id: int = 0, function: str = "",
                  deadline: Optional[float] = None, pool: str = "",
@@ -56,6 +58,8 @@ class Context:
         self.deadline = deadline
         self.pool = pool
         self.worker_pid = worker_pid
+        # The snakepit.Session of a call made in a session, else None.
+        self.session: Any = None
         self._state = state
         self._sink = sink
         self._logger: Optional[logging.Logger] = None

@@ -65,6 +65,10 @@ class FrameType(enum.IntEnum):
     PING = 21
     PONG = 22
     GOODBYE = 30
+    SESSION_READ = 40
+    SESSION_WRITE = 41
+    SESSION_REPLY = 42
+    SESSION_END = 43
 
 
 class Reason:

@@ -87,6 +87,7 @@ class FunctionEntry:
 
 _functions: Dict[str, FunctionEntry] = {}
 _hooks: List[Callable[[], Any]] = []
+_session_end_hooks: List[Callable[[str, Dict[Any, Any]], Any]] = []
 
 
 @overload
@@ -131,6 +132,24 @@ def on_start(hook: _F) -> _F:
                         f"{type(hook).__name__}")
     _hooks.append(hook)
     return hook
+
+
+def on_session_end(hook: _F) -> _F:
+    """Registers `hook(session_id, local)` to run in each worker that
+    holds local objects of a session when the session is deleted or
+    expires; `local` is the dict the worker is about to drop. Runs
+    between calls; an exception is printed, never fatal. Returns the hook
+    unchanged."""
+    if not callable(hook):
+        raise TypeError(f"on_session_end needs a callable, got "
+                        f"{type(hook).__name__}")
+    _session_end_hooks.append(hook)
+    return hook
+
+
+def session_end_hooks() -> List[Callable[[str, Dict[Any, Any]], Any]]:
+    """Returns the session end hooks in registration order (a copy)."""
+    return list(_session_end_hooks)
 
 
 def catalogue() -> List[Dict[str, Any]]:

@@ -62,7 +62,9 @@ from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, DEFAULT_MAX_PAYLOAD,
                                 PROTOCOL_VERSION,
                                 ChannelClosed, Frame, FrameReader,
                                 FrameType, FrameWriter, ProtocolError, Reason)
-from snakepit._registry import FunctionEntry, catalogue, entries, hooks
+from snakepit._registry import (FunctionEntry, catalogue, entries, hooks,
+                                session_end_hooks)
+from snakepit._session import Session, SessionConflict, SessionError
 
 __all__ = ["EXIT_FATAL", "Options", "Worker", "main", "parse_args"]
 
@@ -72,7 +74,10 @@ _CALL = FrameType.CALL
 _RESULT = FrameType.RESULT
 _CHUNK = FrameType.CHUNK
 _ERROR = FrameType.ERROR
-_CHANNEL_TYPES = frozenset((FrameType.CALL, FrameType.GOODBYE))
+_CHANNEL_TYPES = frozenset((FrameType.CALL, FrameType.GOODBYE,
+                            FrameType.SESSION_REPLY, FrameType.SESSION_END))
+_SESSION_END = FrameType.SESSION_END
+_SESSION_REPLY = FrameType.SESSION_REPLY
 _CONTROL_TYPES = frozenset((FrameType.CANCEL, FrameType.PING))
 
 # CANCELs that overtake their CALL (fd 4 is read apart from fd 3) are
@@ -157,6 +162,14 @@ class Worker:
         self._early_cancels: Deque[int] = collections.deque(
             maxlen=_EARLY_CANCELS_KEPT)
 
+        # Sessions: this worker's local objects per session id, the ids
+        # the host said have ended (handled between calls), and a lock
+        # that keeps one session request and its reply together when user
+        # threads share a context.
+        self._locals: Dict[str, Dict[Any, Any]] = {}
+        self._ended_sessions: List[Any] = []
+        self._session_lock = threading.Lock()
+
     def run(self) -> int:
         """Runs the worker; returns its exit status (0 after GOODBYE)."""
         self._send(FrameType.HELLO, 0, {
@@ -220,6 +233,14 @@ class Worker:
                 self._fatal(Reason.PROTOCOL_ERROR, str(exc))
             if frame.type == _CALL:
                 self._on_call(frame)
+                if self._ended_sessions:
+                    self._run_session_ends()
+            elif frame.type == _SESSION_END:
+                self._ended_sessions.append(frame.header.get("session"))
+                self._run_session_ends()
+            elif frame.type == _SESSION_REPLY:
+                self._fatal(Reason.PROTOCOL_ERROR,
+                            "SESSION_REPLY while no session request waits")
             else:  # GOODBYE: no call is running, so we are done.
                 self._exiting = True
                 if self._loop is not None:
@@ -289,12 +310,70 @@ class Worker:
             deadline = time.monotonic() + timeout_ms / 1000
         ctx = Context(state.id, entry.name, deadline, self._options.pool,
                       self._pid, state=state, sink=self._log_sink(state.id))
+        session_id = header.get("session")
+        if type(session_id) is str and session_id:
+            ctx.session = Session(
+                session_id, self._locals.setdefault(session_id, {}),
+                lambda ftype, h, body, cid=state.id: self._session_request(
+                    cid, ftype, h, body),
+                self._codec)
         index = entry.context_index
         if index is not None and len(args) >= index:
             args.insert(index, ctx)
         else:
             kwargs[name] = ctx
         return True
+
+    def _session_request(self, call_id: int, ftype: int,
+                         header: Dict[str, Any], body: bytes
+                         ) -> Tuple[Dict[str, Any], bytes]:
+        """Sends a session request for call `call_id` and reads the
+        channel up to its SESSION_REPLY (SESSION_ENDs met on the way wait
+        for the end of the call)."""
+        with self._session_lock:
+            self._channel.send(ftype, call_id, header,
+                               [body] if body else ())
+            while True:
+                try:
+                    frame = self._reader.read()
+                except ChannelClosed:
+                    _exit_host_gone()
+                except ProtocolError as exc:
+                    self._fatal(Reason.PROTOCOL_ERROR, str(exc))
+                if frame.type == _SESSION_END:
+                    self._ended_sessions.append(frame.header.get("session"))
+                elif frame.type == _SESSION_REPLY and frame.id == call_id:
+                    break
+                else:
+                    self._fatal(Reason.PROTOCOL_ERROR,
+                                f"frame type {frame.type} while waiting for "
+                                f"a session reply")
+        reply = frame.header
+        data = bytes(frame.body) if frame.body is not None else b""
+        if not reply.get("ok"):
+            why = str(reply.get("reason", "session_store_error"))
+            message = str(reply.get("message", ""))
+            if why == "session_conflict":
+                raise SessionConflict(why, message)
+            raise SessionError(why, message)
+        return reply, data
+
+    def _run_session_ends(self) -> None:
+        """Drops the local objects of ended sessions after running the
+        on_session_end hooks; a hook that raises is reported on stderr."""
+        ended, self._ended_sessions = self._ended_sessions, []
+        for session_id in ended:
+            local = self._locals.pop(session_id, None)
+            if local is None:
+                continue
+            for hook in session_end_hooks():
+                try:
+                    hook(session_id, local)
+                except Exception:
+                    print(f"snakepit: on_session_end hook "
+                          f"{getattr(hook, '__qualname__', hook)} failed "
+                          f"for session {session_id}:", file=sys.stderr)
+                    traceback.print_exc()
 
     def _log_sink(self, call_id: int) -> LogSink:
         channel = self._channel

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -130,11 +131,13 @@ absl::StatusOr<std::string> EncodeValue(const Value& value, int max_depth) {
   return out;
 }
 
-absl::Status CheckMsgpack(std::string_view data, int max_depth,
-                          bool string_keys) {
+namespace {
+
+// Scans the one item that starts at `pos`; returns where it ends.
+absl::StatusOr<size_t> ScanItem(std::string_view data, size_t pos,
+                                int max_depth, bool string_keys) {
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
   const size_t n = data.size();
-  size_t pos = 0;
   std::vector<OpenContainer> open;
   bool done = false;
   while (!done) {
@@ -198,10 +201,71 @@ absl::Status CheckMsgpack(std::string_view data, int max_depth,
     }
     done = open.empty();
   }
-  if (pos != n) {
-    return Malformed(pos, "trailing bytes after the value");
+  return pos;
+}
+
+}  // namespace
+
+absl::Status CheckMsgpack(std::string_view data, int max_depth,
+                          bool string_keys) {
+  absl::StatusOr<size_t> end = ScanItem(data, 0, max_depth, string_keys);
+  if (!end.ok()) {
+    return end.status();
+  }
+  if (*end != data.size()) {
+    return Malformed(*end, "trailing bytes after the value");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+SplitMsgpackMap(std::string_view data, int max_depth) {
+  if (absl::Status s = CheckMsgpack(data, max_depth, true); !s.ok()) {
+    return s;
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  uint64_t count = 0;
+  size_t pos = 1;
+  if ((p[0] & 0xf0) == 0x80) {
+    count = p[0] & 0x0f;
+  } else if (p[0] == 0xde) {
+    count = ReadBig(p + 1, 2);
+    pos = 3;
+  } else if (p[0] == 0xdf) {
+    count = ReadBig(p + 1, 4);
+    pos = 5;
+  } else {
+    return ReasonError(reason::kSerializationError, "expected a msgpack map");
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (uint64_t i = 0; i < count; ++i) {
+    size_t key_end = *ScanItem(data, pos, max_depth, true);
+    absl::StatusOr<Value> key = DecodeValue(data.substr(pos, key_end - pos));
+    size_t value_end = *ScanItem(data, key_end, max_depth, true);
+    out.emplace_back(key->get<std::string>(),
+                     std::string(data.substr(key_end, value_end - key_end)));
+    pos = value_end;
+  }
+  return out;
+}
+
+std::string JoinMsgpackMap(
+    const std::map<std::string, std::string>& entries) {
+  std::string out;
+  size_t n = entries.size();
+  if (n < 16) {
+    out += static_cast<char>(0x80 | n);
+  } else {
+    out += static_cast<char>(0xdf);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      out += static_cast<char>((n >> shift) & 0xff);
+    }
+  }
+  for (const auto& [key, raw] : entries) {
+    out += *EncodeValue(Value(key));
+    out += raw;
+  }
+  return out;
 }
 
 absl::StatusOr<Value> DecodeValue(std::string_view data, int max_depth) {

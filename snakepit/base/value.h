@@ -14,8 +14,11 @@
 #define SNAKEPIT_BASE_VALUE_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -46,6 +49,14 @@ absl::StatusOr<Value> DecodeValue(std::string_view data,
 // With `string_keys`, map keys must be strings.
 absl::Status CheckMsgpack(std::string_view data, int max_depth,
                           bool string_keys);
+
+// Splits a msgpack map with string keys into (key, raw msgpack value)
+// pairs, without decoding the values.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+SplitMsgpackMap(std::string_view data, int max_depth = kDefaultMaxDepth);
+
+// The msgpack map of `entries`, whose values are raw msgpack already.
+std::string JoinMsgpackMap(const std::map<std::string, std::string>& entries);
 
 // Parses JSON text with the extensions above. serialization_error with
 // the line and column of the first fault.

@@ -131,6 +131,8 @@ std::vector<FunctionInfo> Pool::Functions() const {
 
 PoolStats Pool::Stats() const { return core_->Stats(); }
 
+void Pool::EndSession(const std::string& id) { core_->EndSession(id); }
+
 void Pool::Shutdown(absl::Duration drain, absl::Duration grace) {
   core_->Shutdown(drain, grace);
 }

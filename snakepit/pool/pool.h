@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "snakepit/base/value.h"
 #include "snakepit/pool/call.h"
+#include "snakepit/pool/session_backend.h"
 
 namespace snakepit {
 
@@ -57,11 +58,25 @@ struct PoolOptions {
   absl::Duration cancel_grace = absl::Seconds(2);
   // Where the snakepit Python runtime lives. Empty: found automatically.
   std::string runtime_dir;
+  // Serves ctx.session; calls with a session fail FAILED_PRECONDITION
+  // without one.
+  std::shared_ptr<SessionBackend> sessions;
+};
+
+// Where a call in a session may run, relative to the worker that served
+// the session last (and so holds its ctx.session.local objects).
+enum class Affinity {
+  kHint,         // that worker when it is free, else any
+  kStrictQueue,  // wait for that worker (any, if it is gone)
+  kStrictFail,   // that worker or fail at once (busy or gone)
 };
 
 struct CallOptions {
   // The whole time the call may take, queue wait included.
   absl::Duration timeout = absl::InfiniteDuration();
+  // Run in this session (ctx.session); empty: none.
+  std::string session;
+  Affinity affinity = Affinity::kHint;
 };
 
 // One function of the pool's catalogue, as the worker describes it.
@@ -115,6 +130,11 @@ class Pool {
   std::vector<FunctionInfo> Functions() const;
 
   PoolStats Stats() const;
+
+  // Tells the workers that hold local objects of session `id` that it
+  // ended: they run their on_session_end hooks and drop the objects.
+  // Called when the session is deleted or expires.
+  void EndSession(const std::string& id);
 
   // Refuses new calls (pool_closed), fails queued ones, lets running
   // calls finish for up to `drain`, then ends the workers: each is told

@@ -47,6 +47,10 @@ bool IsKnownFrameType(uint8_t type) {
     case FrameType::kPing:
     case FrameType::kPong:
     case FrameType::kGoodbye:
+    case FrameType::kSessionRead:
+    case FrameType::kSessionWrite:
+    case FrameType::kSessionReply:
+    case FrameType::kSessionEnd:
       return true;
   }
   return false;

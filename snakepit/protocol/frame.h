@@ -37,6 +37,10 @@ enum class FrameType : uint8_t {
   kPing = 21,
   kPong = 22,
   kGoodbye = 30,
+  kSessionRead = 40,
+  kSessionWrite = 41,
+  kSessionReply = 42,
+  kSessionEnd = 43,
 };
 
 // True for the numbers the table in docs/protocol.md lists.

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+
 #include "snakepit/base/status.h"
 
 namespace snakepit {

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
 #include "snakepit/session/errors.h"
@@ -60,10 +61,9 @@ class LineReader {
   }
 
   absl::Status Malformed(std::string_view what) const {
-    return MakeError(absl::StatusCode::kInvalidArgument,
-                     reason::kSerializationError,
-                     absl::StrCat("session import, line ", number_, ": ",
-                                  ToAbsl(what)));
+    return MakeError(
+        absl::StatusCode::kInvalidArgument, reason::kSerializationError,
+        absl::StrCat("session import, line ", number_, ": ", ToAbsl(what)));
   }
 
  private:
@@ -75,7 +75,8 @@ absl::Status ReadInt(const LineReader& reader, const Value& line,
                      const char* field, int64_t& out) {
   auto it = line.find(field);
   if (it == line.end() || !it->is_number_integer()) {
-    return reader.Malformed(absl::StrCat(field, " is missing or not an integer"));
+    return reader.Malformed(
+        absl::StrCat(field, " is missing or not an integer"));
   }
   out = it->get<int64_t>();
   return absl::OkStatus();
@@ -96,7 +97,8 @@ absl::Status ReadMap(const LineReader& reader, const Value& line,
       out[key] = value.get<std::string>();
     } else {
       return reader.Malformed(absl::StrCat(
-          field, ".", key, binary ? " is not {\"$bytes\": ...}" : " is not a string"));
+          field, ".", key,
+          binary ? " is not {\"$bytes\": ...}" : " is not a string"));
     }
   }
   return absl::OkStatus();
@@ -168,8 +170,7 @@ absl::Status ReadHeader(LineReader& reader) {
   if (!header.ok() || !header->is_object() || !header->contains("format") ||
       (*header)["format"] != std::string(kFormat)) {
     return reader.Malformed(
-        absl::StrCat("not a session export (no \"format\": \"",
-                     ToAbsl(kFormat),
+        absl::StrCat("not a session export (no \"format\": \"", ToAbsl(kFormat),
                      "\" header)"));
   }
   int64_t version = 0;
@@ -183,12 +184,57 @@ absl::Status ReadHeader(LineReader& reader) {
   return absl::OkStatus();
 }
 
+// What an import has done so far.
+struct ImportState {
+  ImportResult result;
+  std::vector<std::string> existing;  // ids the store already had
+  std::vector<std::string> imported;
+};
+
+// The count the end line declares; nothing may follow it.
+absl::StatusOr<size_t> ReadEndLine(LineReader& reader, const Value& line) {
+  int64_t count = 0;
+  if (absl::Status s = ReadInt(reader, line, "count", count); !s.ok()) {
+    return s;
+  }
+  std::string text;
+  if (reader.Next(text)) {
+    return reader.Malformed("data after the end line");
+  }
+  return static_cast<size_t>(count);
+}
+
+// Restores one record unless it expired meanwhile. Only an existing id is
+// not an error here; the caller reports those at the end.
+absl::Status ImportOne(SessionStore& store, const ImportOptions& options,
+                       absl::Time now, const SessionRecord& record,
+                       ImportState& state) {
+  ++state.result.read;
+  if (record.last_used + record.ttl <= now) {
+    ++state.result.skipped_expired;
+    return absl::OkStatus();
+  }
+  absl::Status s = store.Restore(record);
+  if (s.ok()) {
+    ++state.result.imported;
+    state.imported.push_back(record.id);
+    return s;
+  }
+  if (ReasonOf(s) == reason::kSessionExists) {
+    state.existing.push_back(record.id);
+    state.result.skipped_existing += options.on_existing == OnExisting::kSkip;
+    return absl::OkStatus();
+  }
+  return MakeError(
+      s.code(), ReasonOf(s),
+      absl::StrCat("session import stopped after ", state.result.imported,
+                   " sessions: ", s.message()));
+}
+
 // Imports the records up to the end line, whose count it returns.
 absl::StatusOr<size_t> ImportRecords(LineReader& reader, SessionStore& store,
                                      const ImportOptions& options,
-                                     ImportResult& result,
-                                     std::vector<std::string>& existing,
-                                     std::vector<std::string>& imported) {
+                                     ImportState& state) {
   const absl::Time now =
       store.config().clock ? store.config().clock() : absl::Now();
   std::string text;
@@ -198,42 +244,21 @@ absl::StatusOr<size_t> ImportRecords(LineReader& reader, SessionStore& store,
       return reader.Malformed("not a JSON object");
     }
     if (line->contains("end")) {
-      int64_t count = 0;
-      if (absl::Status s = ReadInt(reader, *line, "count", count); !s.ok()) {
-        return s;
-      }
-      if (reader.Next(text)) {
-        return reader.Malformed("data after the end line");
-      }
-      return static_cast<size_t>(count);
+      return ReadEndLine(reader, *line);
     }
     absl::StatusOr<SessionRecord> record = ParseRecord(reader, *line);
     if (!record.ok()) {
       return record.status();
     }
-    ++result.read;
-    if (record->last_used + record->ttl <= now) {
-      ++result.skipped_expired;
-      continue;
-    }
-    absl::Status s = store.Restore(*record);
-    if (s.ok()) {
-      ++result.imported;
-      imported.push_back(record->id);
-    } else if (ReasonOf(s) == reason::kSessionExists) {
-      existing.push_back(record->id);
-      result.skipped_existing += options.on_existing == OnExisting::kSkip;
-    } else {
-      return MakeError(s.code(), ReasonOf(s),
-                       absl::StrCat("session import stopped after ",
-                                    result.imported, " sessions: ",
-                                    s.message()));
+    if (absl::Status s = ImportOne(store, options, now, *record, state);
+        !s.ok()) {
+      return s;
     }
   }
-  return Mismatch(absl::StatusCode::kDataLoss,
-                  absl::StrCat("session import: the input ends after ",
-                               result.read,
-                               " sessions without its end line; truncated?"));
+  return Mismatch(
+      absl::StatusCode::kDataLoss,
+      absl::StrCat("session import: the input ends after ", state.result.read,
+                   " sessions without its end line; truncated?"));
 }
 
 // Every imported session that has not expired since must be in the store.
@@ -254,17 +279,18 @@ absl::Status VerifyImported(SessionStore& store,
   }
   // A session can expire between its write and this check only if it was
   // within a hair of its TTL; report it all the same, it did not survive.
-  return Mismatch(absl::StatusCode::kDataLoss,
-                  absl::StrCat("session import: ", missing.size(), " of ",
-                               imported.size(),
-                               " imported sessions are not in the store: ",
-                               ShowIds(missing)));
+  return Mismatch(
+      absl::StatusCode::kDataLoss,
+      absl::StrCat(
+          "session import: ", missing.size(), " of ", imported.size(),
+          " imported sessions are not in the store: ", ShowIds(missing)));
 }
 
 }  // namespace
 
 absl::StatusOr<size_t> ExportSessions(SessionStore& store, std::ostream& out) {
-  out << ToJson({{"format", std::string(kFormat)}, {"version", kFormatVersion}}) << '\n';
+  out << ToJson({{"format", std::string(kFormat)}, {"version", kFormatVersion}})
+      << '\n';
   size_t count = 0;
   PageRequest page;
   page.limit = kExportPage;
@@ -296,29 +322,28 @@ absl::StatusOr<ImportResult> ImportSessions(std::istream& in,
   if (absl::Status s = ReadHeader(reader); !s.ok()) {
     return s;
   }
-  ImportResult result;
-  std::vector<std::string> existing;
-  std::vector<std::string> imported;
+  ImportState state;
   absl::StatusOr<size_t> declared =
-      ImportRecords(reader, store, options, result, existing, imported);
+      ImportRecords(reader, store, options, state);
   if (!declared.ok()) {
     return declared.status();
   }
+  const ImportResult& result = state.result;
   if (*declared != result.read) {
-    return Mismatch(absl::StatusCode::kDataLoss,
-                    absl::StrCat("session import: the end line says ",
-                                 *declared, " sessions, the input holds ",
-                                 result.read));
+    return Mismatch(
+        absl::StatusCode::kDataLoss,
+        absl::StrCat("session import: the end line says ", *declared,
+                     " sessions, the input holds ", result.read));
   }
-  if (absl::Status s = VerifyImported(store, imported); !s.ok()) {
+  if (absl::Status s = VerifyImported(store, state.imported); !s.ok()) {
     return s;
   }
-  if (!existing.empty() && options.on_existing == OnExisting::kFail) {
-    return Mismatch(absl::StatusCode::kFailedPrecondition,
-                    absl::StrCat("session import: imported ", result.imported,
-                                 " of ", result.read, " sessions; ",
-                                 existing.size(), " already existed: ",
-                                 ShowIds(existing)));
+  if (!state.existing.empty() && options.on_existing == OnExisting::kFail) {
+    return Mismatch(
+        absl::StatusCode::kFailedPrecondition,
+        absl::StrCat("session import: imported ", result.imported, " of ",
+                     result.read, " sessions; ", state.existing.size(),
+                     " already existed: ", ShowIds(state.existing)));
   }
   return result;
 }

@@ -10,6 +10,7 @@
 #include <ostream>
 
 #include "absl/status/statusor.h"
+
 #include "snakepit/session/store.h"
 
 namespace snakepit {

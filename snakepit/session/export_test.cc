@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/session/errors.h"
 #include "snakepit/session/memory_store.h"
@@ -73,21 +74,24 @@ TEST_F(ExportTest, WritesTheDocumentedFormat) {
   options.ttl = absl::Seconds(90);
   ASSERT_TRUE(store->Create(options).ok());
   ASSERT_TRUE(store->StoreProgram("s1", "p", "hi").ok());
-  ASSERT_TRUE(store->Update("s1", [](SessionRecord& s) {
-                     s.variables["x"] = std::string("\x2a", 1);
-                     return absl::OkStatus();
-                   }).ok());
+  ASSERT_TRUE(store
+                  ->Update("s1",
+                           [](SessionRecord& s) {
+                             s.variables["x"] = std::string("\x2a", 1);
+                             return absl::OkStatus();
+                           })
+                  .ok());
   std::stringstream out;
   ASSERT_EQ(*ExportSessions(*store, out), 1u);
   const int64_t t = absl::ToUnixMicros(clock_.Now());
-  EXPECT_EQ(out.str(),
-            absl::StrCat(
-                R"({"format":"snakepit-sessions","version":1})", "\n",
-                R"({"created_us":)", t, R"(,"id":"s1","last_used_us":)", t,
-                R"(,"metadata":{"user":"ada"},"owner":"",)",
-                R"("programs":{"p":{"$bytes":"aGk="}},"ttl_us":90000000,)",
-                R"("variables":{"x":{"$bytes":"Kg=="}},"version":3})", "\n",
-                R"({"count":1,"end":true})", "\n"));
+  EXPECT_EQ(
+      out.str(),
+      absl::StrCat(R"({"format":"snakepit-sessions","version":1})", "\n",
+                   R"({"created_us":)", t, R"(,"id":"s1","last_used_us":)", t,
+                   R"(,"metadata":{"user":"ada"},"owner":"",)",
+                   R"("programs":{"p":{"$bytes":"aGk="}},"ttl_us":90000000,)",
+                   R"("variables":{"x":{"$bytes":"Kg=="}},"version":3})", "\n",
+                   R"({"count":1,"end":true})", "\n"));
 }
 
 TEST_F(ExportTest, MemoryToSqliteAndBackKeepsEveryField) {
@@ -147,8 +151,7 @@ TEST_F(ExportTest, MalformedLineIsNamedByNumber) {
   absl::StatusOr<ImportResult> r = Import(Join(lines), *store);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ReasonOf(r.status()), reason::kSerializationError);
-  EXPECT_NE(std::string(r.status().message()).find("line 3"),
-            std::string::npos)
+  EXPECT_NE(std::string(r.status().message()).find("line 3"), std::string::npos)
       << r.status();
 }
 

@@ -29,10 +29,11 @@ MemoryStore::MemoryStore(StoreConfig config)
   });
 }
 
-MemoryStore::~MemoryStore() { sweeper_.Stop(); }
+MemoryStore::~MemoryStore() {
+  sweeper_.Stop();
+}
 
-absl::StatusOr<CreateResult> MemoryStore::Create(
-    const CreateOptions& options) {
+absl::StatusOr<CreateResult> MemoryStore::Create(const CreateOptions& options) {
   absl::StatusOr<SessionRecord> record = RecordFor(options);
   if (!record.ok()) {
     return record.status();
@@ -47,7 +48,8 @@ absl::StatusOr<CreateResult> MemoryStore::Create(
     if (attempt.cleared_expired) {
       NotifyDeleted(fresh->id, DeleteCause::kExpired);
     }
-    if (pass > 0 || ReasonOf(attempt.result.status()) != reason::kSessionLimit) {
+    if (pass > 0 ||
+        ReasonOf(attempt.result.status()) != reason::kSessionLimit) {
       break;
     }
     Sweep();
@@ -162,7 +164,7 @@ absl::StatusOr<SessionRef> MemoryStore::CompareAndSwap(
   Entry& entry = *it->second;
   if (entry.record->version != expected_version) {
     return internal::SessionConflict(id, entry.record->version,
-                                      expected_version);
+                                     expected_version);
   }
   record.version = expected_version + 1;
   record.created = entry.record->created;
@@ -244,7 +246,9 @@ absl::StatusOr<RecordPage> MemoryStore::Scan(const PageRequest& page) {
   return result;
 }
 
-absl::StatusOr<size_t> MemoryStore::Count() { return count_.load(); }
+absl::StatusOr<size_t> MemoryStore::Count() {
+  return count_.load();
+}
 
 absl::Status MemoryStore::Restore(const SessionRecord& record) {
   if (absl::Status s = ValidateRecord(record); !s.ok()) {
@@ -281,13 +285,17 @@ absl::Status MemoryStore::Restore(const SessionRecord& record) {
   return status;
 }
 
-absl::Duration MemoryStore::RefreshLag() const { return config().refresh_lag; }
+absl::Duration MemoryStore::RefreshLag() const {
+  return config().refresh_lag;
+}
 
 MemoryStore::Shard& MemoryStore::ShardFor(std::string_view id) {
   return shards_[std::hash<std::string_view>{}(id) % kShardCount];
 }
 
-int64_t MemoryStore::NowMicros() const { return absl::ToUnixMicros(Now()); }
+int64_t MemoryStore::NowMicros() const {
+  return absl::ToUnixMicros(Now());
+}
 
 bool MemoryStore::Expired(const Entry& entry, int64_t now_us) {
   return entry.last_used_us.load(std::memory_order_relaxed) + entry.ttl_us <=
@@ -367,8 +375,7 @@ bool MemoryStore::Sweep() {
 
 void MemoryStore::MaybeReleaseMemory() {
   const absl::Time now = absl::Now();
-  if (removed_since_trim_.load(std::memory_order_relaxed) <
-          kTrimAfterRemoved ||
+  if (removed_since_trim_.load(std::memory_order_relaxed) < kTrimAfterRemoved ||
       now - last_trim_ < kMinTrimInterval) {
     return;
   }

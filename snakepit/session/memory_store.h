@@ -31,6 +31,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
 #include "absl/synchronization/mutex.h"
+
 #include "snakepit/session/internal/sweeper.h"
 #include "snakepit/session/store.h"
 
@@ -83,8 +84,8 @@ class MemoryStore final : public SessionStore {
         ABSL_GUARDED_BY(mu);
   };
 
-  using Iterator = absl::btree_map<std::string,
-                                   std::unique_ptr<Entry>>::iterator;
+  using Iterator =
+      absl::btree_map<std::string, std::unique_ptr<Entry>>::iterator;
 
   // What one attempt at Create did, so that listeners run after unlock.
   struct CreateAttempt {
@@ -102,7 +103,8 @@ class MemoryStore final : public SessionStore {
   bool ReserveSlot();
   void Insert(Shard& shard, SessionRef record)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
-  void Remove(Shard& shard, Iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  void Remove(Shard& shard, Iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void Reindex(Shard& shard, const std::string& id, Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
 

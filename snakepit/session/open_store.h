@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+
 #include "snakepit/session/store.h"
 
 namespace snakepit {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/session/errors.h"
 
@@ -16,8 +17,7 @@ namespace {
 
 bool IsIdChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' ||
-         c == '-';
+         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
 }
 
 // Empty when `id` follows the id rule, else what is wrong with it.
@@ -66,10 +66,9 @@ absl::Status ValidateSessionId(std::string_view id) {
   if (problem.empty()) {
     return absl::OkStatus();
   }
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   reason::kInvalidSessionId,
-                   absl::StrCat("session id \"", internal::QuoteId(id), "\" ",
-                                problem));
+  return MakeError(
+      absl::StatusCode::kInvalidArgument, reason::kInvalidSessionId,
+      absl::StrCat("session id \"", internal::QuoteId(id), "\" ", problem));
 }
 
 absl::Status ValidateProgramId(std::string_view id) {
@@ -77,10 +76,9 @@ absl::Status ValidateProgramId(std::string_view id) {
   if (problem.empty()) {
     return absl::OkStatus();
   }
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   reason::kInvalidArgument,
-                   absl::StrCat("program id \"", internal::QuoteId(id), "\" ",
-                                problem));
+  return MakeError(
+      absl::StatusCode::kInvalidArgument, reason::kInvalidArgument,
+      absl::StrCat("program id \"", internal::QuoteId(id), "\" ", problem));
 }
 
 }  // namespace snakepit

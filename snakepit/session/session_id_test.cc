@@ -4,6 +4,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/session/errors.h"
 
@@ -35,14 +36,8 @@ TEST(SessionIdTest, AcceptsTheWholeAlphabetUpTo128Characters) {
 
 TEST(SessionIdTest, RejectsEmptyLongAndForeignCharacters) {
   const std::string bad[] = {
-      "",
-      std::string(129, 'x'),
-      "has space",
-      "slash/inside",
-      "tab\t",
-      std::string("nul\0byte", 8),
-      "caf\xc3\xa9",
-      "star*",
+      "",      std::string(129, 'x'),       "has space",   "slash/inside",
+      "tab\t", std::string("nul\0byte", 8), "caf\xc3\xa9", "star*",
   };
   for (const std::string& id : bad) {
     absl::Status s = ValidateSessionId(id);

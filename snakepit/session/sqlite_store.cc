@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "snakepit/base/log.h"
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
@@ -39,6 +40,9 @@ PRAGMA user_version = 1;
 
 constexpr int64_t kSchemaVersion = 1;
 
+// Most sessions one reaper transaction deletes (see Sweep).
+constexpr size_t kMaxExpiriesPerSweep = 1000;
+
 constexpr char kSelectSession[] =
     "SELECT version, owner, created_us, last_used_us, ttl_us, metadata, "
     "variables FROM sessions WHERE id = ?1";
@@ -59,8 +63,7 @@ constexpr char kTouchSession[] =
     "UPDATE sessions SET last_used_us = ?2, expires_us = ?2 + ttl_us "
     "WHERE id = ?1 AND last_used_us < ?2";
 constexpr char kDeleteSession[] = "DELETE FROM sessions WHERE id = ?1";
-constexpr char kDeletePrograms[] =
-    "DELETE FROM programs WHERE session_id = ?1";
+constexpr char kDeletePrograms[] = "DELETE FROM programs WHERE session_id = ?1";
 constexpr char kSelectProgramSizes[] =
     "SELECT program_id, length(bytes) FROM programs WHERE session_id = ?1";
 constexpr char kSelectProgram[] =
@@ -104,7 +107,8 @@ absl::Status DecodeMap(std::string_view blob, bool binary,
     } else if (!binary && value.is_string()) {
       out[key] = value.get<std::string>();
     } else {
-      return absl::DataLossError(absl::StrCat("entry ", key, " has a bad type"));
+      return absl::DataLossError(
+          absl::StrCat("entry ", key, " has a bad type"));
     }
   }
   return absl::OkStatus();
@@ -112,9 +116,10 @@ absl::Status DecodeMap(std::string_view blob, bool binary,
 
 absl::Status Corrupt(std::string_view id, std::string_view column,
                      const absl::Status& cause) {
-  return MakeError(absl::StatusCode::kDataLoss, reason::kSessionStoreError,
-                   absl::StrCat("session ", internal::QuoteId(id), ": column ",
-                                ToAbsl(column), " is corrupt: ", cause.message()));
+  return MakeError(
+      absl::StatusCode::kDataLoss, reason::kSessionStoreError,
+      absl::StrCat("session ", internal::QuoteId(id), ": column ",
+                   ToAbsl(column), " is corrupt: ", cause.message()));
 }
 
 }  // namespace
@@ -155,74 +160,80 @@ SqliteStore::~SqliteStore() {
   }
 }
 
-// Settings, then the schema. locking_mode=EXCLUSIVE comes before the first
-// access in WAL mode, so sqlite keeps the WAL index in heap memory (no
-// -shm file) and holds the file lock until close. synchronous: see
-// docs/sessions.md, "Durability".
 absl::Status SqliteStore::Initialize() {
   absl::MutexLock lock(&mu_);
-  const std::string& path = db_->path();
-  auto in_use = [&](const absl::Status& s) {
-    if ((sqlite3_errcode(db_->raw()) & 0xff) != SQLITE_BUSY) {
-      return s;
-    }
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     reason::kSessionStoreError,
-                     absl::StrCat("session database ", path,
-                                  " is in use by another process"));
-  };
-  if (absl::Status s = db_->Exec("PRAGMA locking_mode = EXCLUSIVE"); !s.ok()) {
-    return s;
+  if (absl::Status s = Configure(); !s.ok()) {
+    return InUseOr(s);
   }
-  absl::StatusOr<std::string> mode = ReadPragma("PRAGMA journal_mode = WAL");
-  if (!mode.ok()) {
-    return in_use(mode.status());
+  if (absl::Status s = LoadSchema(); !s.ok()) {
+    return InUseOr(s);
   }
-  if (*mode != "wal") {
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     reason::kSessionStoreError,
-                     absl::StrCat("session database ", path,
-                                  " cannot use write-ahead logging"));
-  }
-  const bool full = config().sqlite_sync == SqliteSync::kFull;
-  if (absl::Status s = db_->Exec(full ? "PRAGMA synchronous = FULL"
-                                      : "PRAGMA synchronous = NORMAL");
-      !s.ok()) {
-    return s;
-  }
-
-  internal::Transaction txn(*db_);
-  if (!txn.status().ok()) {
-    return in_use(txn.status());
-  }
-  absl::StatusOr<std::string> schema = ReadPragma("PRAGMA user_version");
-  if (!schema.ok()) {
-    return schema.status();
-  }
-  if (*schema != "0" && *schema != absl::StrCat(kSchemaVersion)) {
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     reason::kSessionStoreError,
-                     absl::StrCat("session database ", path, " has schema v",
-                                  *schema, "; this build reads v",
-                                  kSchemaVersion));
-  }
-  if (*schema == "0") {
-    if (absl::Status s = db_->Exec(kSchema); !s.ok()) {
-      return s;
-    }
-  }
-  if (absl::Status s = txn.Commit(); !s.ok()) {
-    return s;
-  }
-
   absl::StatusOr<std::string> count =
       ReadPragma("SELECT COUNT(*) FROM sessions");
   if (!count.ok()) {
     return count.status();
   }
   count_ = std::stoull(*count);
-  Log().info("session store sqlite at {}: {} sessions", path, count_);
+  Log().info("session store sqlite at {}: {} sessions", db_->path(), count_);
   return absl::OkStatus();
+}
+
+// locking_mode=EXCLUSIVE comes before the first access in WAL mode, so
+// sqlite keeps the WAL index in heap memory (no -shm file) and holds the
+// file lock until close. synchronous: see docs/sessions.md, "Durability".
+absl::Status SqliteStore::Configure() {
+  if (absl::Status s = db_->Exec("PRAGMA locking_mode = EXCLUSIVE"); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::string> mode = ReadPragma("PRAGMA journal_mode = WAL");
+  if (!mode.ok()) {
+    return mode.status();
+  }
+  if (*mode != "wal") {
+    return MakeError(absl::StatusCode::kFailedPrecondition,
+                     reason::kSessionStoreError,
+                     absl::StrCat("session database ", db_->path(),
+                                  " cannot use write-ahead logging"));
+  }
+  const bool full = config().sqlite_sync == SqliteSync::kFull;
+  return db_->Exec(full ? "PRAGMA synchronous = FULL"
+                        : "PRAGMA synchronous = NORMAL");
+}
+
+// Creates the schema in a new file; accepts a file at our version.
+absl::Status SqliteStore::LoadSchema() {
+  internal::Transaction txn(*db_);
+  if (!txn.status().ok()) {
+    return txn.status();
+  }
+  absl::StatusOr<std::string> schema = ReadPragma("PRAGMA user_version");
+  if (!schema.ok()) {
+    return schema.status();
+  }
+  if (*schema != "0" && *schema != absl::StrCat(kSchemaVersion)) {
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, reason::kSessionStoreError,
+        absl::StrCat("session database ", db_->path(), " has schema v", *schema,
+                     "; this build reads v", kSchemaVersion));
+  }
+  if (*schema == "0") {
+    if (absl::Status s = db_->Exec(kSchema); !s.ok()) {
+      return s;
+    }
+  }
+  return txn.Commit();
+}
+
+// `s`, or FAILED_PRECONDITION when it failed because another connection
+// holds the database's lock.
+absl::Status SqliteStore::InUseOr(const absl::Status& s) {
+  if ((sqlite3_errcode(db_->raw()) & 0xff) != SQLITE_BUSY) {
+    return s;
+  }
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   reason::kSessionStoreError,
+                   absl::StrCat("session database ", db_->path(),
+                                " is in use by another process"));
 }
 
 // The first column of the first row of `sql`, as text. The statement is
@@ -243,8 +254,7 @@ absl::StatusOr<std::string> SqliteStore::ReadPragma(const char* sql) {
   return std::string(query->TextAt(0));
 }
 
-absl::StatusOr<CreateResult> SqliteStore::Create(
-    const CreateOptions& options) {
+absl::StatusOr<CreateResult> SqliteStore::Create(const CreateOptions& options) {
   absl::StatusOr<SessionRecord> record = RecordFor(options);
   if (!record.ok()) {
     return record.status();
@@ -282,8 +292,25 @@ absl::StatusOr<CreateResult> SqliteStore::CreateLocked(
     return CreateResult{*std::move(existing), false};
   }
 
+  record.created = record.last_used = absl::FromUnixMicros(now_us);
+  record.version = 1;
+  if (absl::Status s =
+          InsertInto(txn, record, row->has_value(), now_us, cleared);
+      !s.ok()) {
+    return s;
+  }
+  return CreateResult{std::make_shared<const SessionRecord>(record), true};
+}
+
+// Inserts `record` and commits `txn`. First removes the expired session
+// that holds the id (`expired_row`), and makes room when at the cap; what
+// expired is added to `cleared` once committed.
+absl::Status SqliteStore::InsertInto(internal::Transaction& txn,
+                                     const SessionRecord& record,
+                                     bool expired_row, int64_t now_us,
+                                     std::vector<std::string>& cleared) {
   std::vector<std::string> expired;
-  if (row->has_value()) {
+  if (expired_row) {
     if (absl::Status s = DeleteRows(record.id); !s.ok()) {
       return s;
     }
@@ -294,8 +321,6 @@ absl::StatusOr<CreateResult> SqliteStore::CreateLocked(
       return s;
     }
   }
-  record.created = record.last_used = absl::FromUnixMicros(now_us);
-  record.version = 1;
   if (absl::Status s = InsertRecord(record); !s.ok()) {
     return s;
   }
@@ -304,8 +329,8 @@ absl::StatusOr<CreateResult> SqliteStore::CreateLocked(
   }
   count_ = count_ - expired.size() + 1;
   Forget(expired);
-  cleared = std::move(expired);
-  return CreateResult{std::make_shared<const SessionRecord>(record), true};
+  cleared.insert(cleared.end(), expired.begin(), expired.end());
+  return absl::OkStatus();
 }
 
 absl::Status SqliteStore::MakeRoom(int64_t now_us,
@@ -360,8 +385,14 @@ absl::StatusOr<SessionRef> SqliteStore::CompareAndSwap(
   if (!metadata.ok() || !variables.ok()) {
     return metadata.ok() ? variables.status() : metadata.status();
   }
-
   absl::MutexLock lock(&mu_);
+  return SwapLocked(expected_version, std::move(record), *metadata, *variables);
+}
+
+absl::StatusOr<SessionRef> SqliteStore::SwapLocked(
+    uint64_t expected_version, SessionRecord record,
+    const std::string& metadata, const std::string& variables) {
+  const std::string& id = record.id;
   const int64_t now_us = NowMicros();
   internal::Transaction txn(*db_);
   if (!txn.status().ok()) {
@@ -375,28 +406,20 @@ absl::StatusOr<SessionRef> SqliteStore::CompareAndSwap(
     return internal::SessionConflict(id, row->version, expected_version);
   }
   const int64_t ttl_us = absl::ToInt64Microseconds(record.ttl);
-  absl::StatusOr<internal::Query> update = db_->Prepare(kUpdateSession);
-  if (!update.ok()) {
-    return update.status();
+  absl::Status s =
+      db_->Run(kUpdateSession, id, static_cast<int64_t>(expected_version + 1),
+               record.owner, now_us, ttl_us, now_us + ttl_us,
+               internal::AsBlob{metadata}, internal::AsBlob{variables});
+  if (s.ok()) {
+    s = WritePrograms(id, record.programs);
   }
-  update->Text(id)
-      .Int(static_cast<int64_t>(expected_version + 1))
-      .Text(record.owner)
-      .Int(now_us)
-      .Int(ttl_us)
-      .Int(now_us + ttl_us)
-      .Blob(*metadata)
-      .Blob(*variables);
-  if (absl::Status s = update->Run(); !s.ok()) {
+  if (s.ok()) {
+    s = txn.Commit();
+  }
+  if (!s.ok()) {
     return s;
   }
-  if (absl::Status s = WritePrograms(id, record.programs); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = txn.Commit(); !s.ok()) {
-    return s;
-  }
-  touches_.erase(record.id);
+  touches_.erase(id);
   record.version = expected_version + 1;
   record.created = absl::FromUnixMicros(row->created_us);
   record.last_used = absl::FromUnixMicros(now_us);
@@ -509,8 +532,9 @@ absl::StatusOr<size_t> SqliteStore::Count() {
   return count_;
 }
 
-absl::StatusOr<uint64_t> SqliteStore::StoreProgram(
-    std::string_view id, std::string_view program_id, std::string bytes) {
+absl::StatusOr<uint64_t> SqliteStore::StoreProgram(std::string_view id,
+                                                   std::string_view program_id,
+                                                   std::string bytes) {
   if (absl::Status s = ValidateSessionId(id); !s.ok()) {
     return s;
   }
@@ -527,23 +551,15 @@ absl::StatusOr<uint64_t> SqliteStore::StoreProgram(
   if (!row.ok()) {
     return row.status();
   }
-  absl::StatusOr<internal::Query> put = db_->Prepare(kPutProgram);
-  if (!put.ok()) {
-    return put.status();
+  absl::Status s =
+      db_->Run(kPutProgram, id, program_id, internal::AsBlob{bytes});
+  if (s.ok()) {
+    s = db_->Run(kBumpSession, id, now_us);
   }
-  put->Text(id).Text(program_id).Blob(bytes);
-  if (absl::Status s = put->Run(); !s.ok()) {
-    return s;
+  if (s.ok()) {
+    s = txn.Commit();
   }
-  absl::StatusOr<internal::Query> bump = db_->Prepare(kBumpSession);
-  if (!bump.ok()) {
-    return bump.status();
-  }
-  bump->Text(id).Int(now_us);
-  if (absl::Status s = bump->Run(); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = txn.Commit(); !s.ok()) {
+  if (!s.ok()) {
     return s;
   }
   touches_.erase(std::string(id));
@@ -585,47 +601,35 @@ absl::Status SqliteStore::Restore(const SessionRecord& record) {
     return s;
   }
   std::vector<std::string> cleared;
+  absl::Status status;
   {
     absl::MutexLock lock(&mu_);
-    const int64_t now_us = NowMicros();
-    internal::Transaction txn(*db_);
-    if (!txn.status().ok()) {
-      return txn.status();
-    }
-    absl::StatusOr<std::optional<Row>> row = ReadRow(record.id);
-    if (!row.ok()) {
-      return row.status();
-    }
-    std::vector<std::string> expired;
-    if (row->has_value()) {
-      if (!(*row)->Expired(now_us)) {
-        return internal::SessionExists(record.id);
-      }
-      if (absl::Status s = DeleteRows(record.id); !s.ok()) {
-        return s;
-      }
-      expired.push_back(record.id);
-    }
-    if (count_ - expired.size() >= config().max_sessions) {
-      if (absl::Status s = MakeRoom(now_us, expired); !s.ok()) {
-        return s;
-      }
-    }
-    if (absl::Status s = InsertRecord(record); !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = txn.Commit(); !s.ok()) {
-      return s;
-    }
-    count_ = count_ - expired.size() + 1;
-    Forget(expired);
-    cleared = std::move(expired);
+    status = RestoreLocked(record, cleared);
   }
   NotifyExpired(cleared);
-  return absl::OkStatus();
+  return status;
 }
 
-absl::Duration SqliteStore::RefreshLag() const { return config().refresh_lag; }
+absl::Status SqliteStore::RestoreLocked(const SessionRecord& record,
+                                        std::vector<std::string>& cleared) {
+  const int64_t now_us = NowMicros();
+  internal::Transaction txn(*db_);
+  if (!txn.status().ok()) {
+    return txn.status();
+  }
+  absl::StatusOr<std::optional<Row>> row = ReadRow(record.id);
+  if (!row.ok()) {
+    return row.status();
+  }
+  if (row->has_value() && !(*row)->Expired(now_us)) {
+    return internal::SessionExists(record.id);
+  }
+  return InsertInto(txn, record, row->has_value(), now_us, cleared);
+}
+
+absl::Duration SqliteStore::RefreshLag() const {
+  return config().refresh_lag;
+}
 
 absl::Status SqliteStore::CheckIntegrity() {
   absl::MutexLock lock(&mu_);
@@ -654,7 +658,9 @@ absl::Status SqliteStore::CheckIntegrity() {
                                 absl::StrJoin(findings, "; ")));
 }
 
-int64_t SqliteStore::NowMicros() const { return absl::ToUnixMicros(Now()); }
+int64_t SqliteStore::NowMicros() const {
+  return absl::ToUnixMicros(Now());
+}
 
 absl::StatusOr<std::optional<SqliteStore::Row>> SqliteStore::ReadRow(
     std::string_view id) {
@@ -738,107 +744,91 @@ absl::Status SqliteStore::InsertRecord(const SessionRecord& record) {
   }
   const int64_t last_used_us = absl::ToUnixMicros(record.last_used);
   const int64_t ttl_us = absl::ToInt64Microseconds(record.ttl);
-  absl::StatusOr<internal::Query> insert = db_->Prepare(kInsertSession);
-  if (!insert.ok()) {
-    return insert.status();
+  absl::Status s =
+      db_->Run(kInsertSession, record.id, static_cast<int64_t>(record.version),
+               record.owner, absl::ToUnixMicros(record.created), last_used_us,
+               ttl_us, last_used_us + ttl_us, internal::AsBlob{*metadata},
+               internal::AsBlob{*variables});
+  for (auto it = record.programs.begin(); s.ok() && it != record.programs.end();
+       ++it) {
+    s = db_->Run(kPutProgram, record.id, it->first,
+                 internal::AsBlob{it->second});
   }
-  insert->Text(record.id)
-      .Int(static_cast<int64_t>(record.version))
-      .Text(record.owner)
-      .Int(absl::ToUnixMicros(record.created))
-      .Int(last_used_us)
-      .Int(ttl_us)
-      .Int(last_used_us + ttl_us)
-      .Blob(*metadata)
-      .Blob(*variables);
-  if (absl::Status s = insert->Run(); !s.ok()) {
-    return s;
-  }
-  for (const auto& [program_id, bytes] : record.programs) {
-    absl::StatusOr<internal::Query> put = db_->Prepare(kPutProgram);
-    if (!put.ok()) {
-      return put.status();
-    }
-    put->Text(record.id).Text(program_id).Blob(bytes);
-    if (absl::Status s = put->Run(); !s.ok()) {
-      return s;
-    }
-  }
-  return absl::OkStatus();
+  return s;
 }
 
 // Writes only the programs that changed: an update of one variable must
-// not rewrite every program. Equal sizes need a byte compare.
+// not rewrite every program.
 absl::Status SqliteStore::WritePrograms(
     std::string_view id, const std::map<std::string, std::string>& programs) {
-  std::map<std::string, int64_t> stored;
-  {
-    absl::StatusOr<internal::Query> sizes = db_->Prepare(kSelectProgramSizes);
-    if (!sizes.ok()) {
-      return sizes.status();
-    }
-    sizes->Text(id);
-    absl::StatusOr<bool> row;
-    while ((row = sizes->Step()).ok() && *row) {
-      stored.emplace(sizes->TextAt(0), sizes->IntAt(1));
-    }
-    if (!row.ok()) {
-      return row.status();
-    }
+  absl::StatusOr<std::map<std::string, int64_t>> stored = ProgramSizes(id);
+  if (!stored.ok()) {
+    return stored.status();
   }
-  for (const auto& [program_id, size] : stored) {
+  for (const auto& [program_id, size] : *stored) {
     if (programs.contains(program_id)) {
       continue;
     }
-    absl::StatusOr<internal::Query> drop = db_->Prepare(kDeleteProgram);
-    if (!drop.ok()) {
-      return drop.status();
-    }
-    drop->Text(id).Text(program_id);
-    if (absl::Status s = drop->Run(); !s.ok()) {
+    if (absl::Status s = db_->Run(kDeleteProgram, id, program_id); !s.ok()) {
       return s;
     }
   }
   for (const auto& [program_id, bytes] : programs) {
-    auto it = stored.find(program_id);
-    if (it != stored.end() && it->second == static_cast<int64_t>(bytes.size())) {
-      absl::StatusOr<internal::Query> read = db_->Prepare(kSelectProgram);
-      if (!read.ok()) {
-        return read.status();
+    auto it = stored->find(program_id);
+    if (it != stored->end() &&
+        it->second == static_cast<int64_t>(bytes.size())) {
+      absl::StatusOr<bool> same = StoredProgramEquals(id, program_id, bytes);
+      if (!same.ok()) {
+        return same.status();
       }
-      read->Text(id).Text(program_id);
-      absl::StatusOr<bool> found = read->Step();
-      if (!found.ok()) {
-        return found.status();
-      }
-      if (*found && read->BlobAt(0) == bytes) {
+      if (*same) {
         continue;
       }
     }
-    absl::StatusOr<internal::Query> put = db_->Prepare(kPutProgram);
-    if (!put.ok()) {
-      return put.status();
-    }
-    put->Text(id).Text(program_id).Blob(bytes);
-    if (absl::Status s = put->Run(); !s.ok()) {
+    absl::Status s =
+        db_->Run(kPutProgram, id, program_id, internal::AsBlob{bytes});
+    if (!s.ok()) {
       return s;
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status SqliteStore::DeleteRows(std::string_view id) {
-  for (const char* sql : {kDeletePrograms, kDeleteSession}) {
-    absl::StatusOr<internal::Query> query = db_->Prepare(sql);
-    if (!query.ok()) {
-      return query.status();
-    }
-    query->Text(id);
-    if (absl::Status s = query->Run(); !s.ok()) {
-      return s;
-    }
+absl::StatusOr<std::map<std::string, int64_t>> SqliteStore::ProgramSizes(
+    std::string_view id) {
+  absl::StatusOr<internal::Query> query = db_->Prepare(kSelectProgramSizes);
+  if (!query.ok()) {
+    return query.status();
   }
-  return absl::OkStatus();
+  query->Text(id);
+  std::map<std::string, int64_t> sizes;
+  absl::StatusOr<bool> row;
+  while ((row = query->Step()).ok() && *row) {
+    sizes.emplace(query->TextAt(0), query->IntAt(1));
+  }
+  if (!row.ok()) {
+    return row.status();
+  }
+  return sizes;
+}
+
+absl::StatusOr<bool> SqliteStore::StoredProgramEquals(
+    std::string_view id, std::string_view program_id, std::string_view bytes) {
+  absl::StatusOr<internal::Query> query = db_->Prepare(kSelectProgram);
+  if (!query.ok()) {
+    return query.status();
+  }
+  query->Text(id).Text(program_id);
+  absl::StatusOr<bool> found = query->Step();
+  if (!found.ok()) {
+    return found.status();
+  }
+  return *found && query->BlobAt(0) == bytes;
+}
+
+absl::Status SqliteStore::DeleteRows(std::string_view id) {
+  absl::Status s = db_->Run(kDeletePrograms, id);
+  return s.ok() ? db_->Run(kDeleteSession, id) : s;
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteStore::DeleteExpired(
@@ -881,12 +871,7 @@ absl::Status SqliteStore::FlushTouches() {
     return txn.status();
   }
   for (const auto& [id, last_used_us] : touches_) {
-    absl::StatusOr<internal::Query> touch = db_->Prepare(kTouchSession);
-    if (!touch.ok()) {
-      return touch.status();
-    }
-    touch->Text(id).Int(last_used_us);
-    if (absl::Status s = touch->Run(); !s.ok()) {
+    if (absl::Status s = db_->Run(kTouchSession, id, last_used_us); !s.ok()) {
       return s;
     }
   }
@@ -910,6 +895,9 @@ void SqliteStore::NotifyExpired(const std::vector<std::string>& ids) {
 }
 
 bool SqliteStore::Sweep() {
+  // Every call waits while a sweep holds the connection, so one sweep
+  // deletes a bounded chunk; a backlog takes several sweeps.
+  const size_t chunk = std::min(config().sweep_budget, kMaxExpiriesPerSweep);
   std::vector<std::string> expired;
   {
     absl::MutexLock lock(&mu_);
@@ -917,9 +905,8 @@ bool SqliteStore::Sweep() {
     absl::StatusOr<std::vector<std::string>> reaped;
     if (status.ok()) {
       internal::Transaction txn(*db_);
-      reaped = txn.status().ok()
-                   ? DeleteExpired(NowMicros(), config().sweep_budget)
-                   : txn.status();
+      reaped =
+          txn.status().ok() ? DeleteExpired(NowMicros(), chunk) : txn.status();
       status = reaped.ok() ? txn.Commit() : reaped.status();
     }
     if (!status.ok()) {
@@ -936,7 +923,7 @@ bool SqliteStore::Sweep() {
                expired.size(), expired.front());
   }
   NotifyExpired(expired);
-  return expired.size() >= config().sweep_budget;
+  return expired.size() >= chunk;
 }
 
 }  // namespace snakepit

@@ -25,6 +25,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+
 #include "snakepit/session/internal/sqlite.h"
 #include "snakepit/session/internal/sweeper.h"
 #include "snakepit/session/store.h"
@@ -37,8 +38,7 @@ class SqliteStore final : public SessionStore {
   // Opens or creates config.path and starts the reaper.
   // FAILED_PRECONDITION when another process holds the database or it was
   // written by a newer schema; DATA_LOSS when it is not a database.
-  static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(
-      StoreConfig config);
+  static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(StoreConfig config);
   // Stops the reaper and writes pending refreshes before closing.
   ~SqliteStore() override;
 
@@ -82,6 +82,10 @@ class SqliteStore final : public SessionStore {
 
   SqliteStore(StoreConfig config, std::unique_ptr<internal::SqliteDb> db);
   absl::Status Initialize();
+  absl::Status Configure() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status LoadSchema() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InUseOr(const absl::Status& s)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> ReadPragma(const char* sql)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -94,6 +98,24 @@ class SqliteStore final : public SessionStore {
   absl::StatusOr<Row> ReadLiveRow(std::string_view id, int64_t now_us)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InsertRecord(const SessionRecord& record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InsertInto(internal::Transaction& txn,
+                          const SessionRecord& record, bool expired_row,
+                          int64_t now_us, std::vector<std::string>& cleared)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SessionRef> SwapLocked(uint64_t expected_version,
+                                        SessionRecord record,
+                                        const std::string& metadata,
+                                        const std::string& variables)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RestoreLocked(const SessionRecord& record,
+                             std::vector<std::string>& cleared)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::map<std::string, int64_t>> ProgramSizes(
+      std::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<bool> StoredProgramEquals(std::string_view id,
+                                           std::string_view program_id,
+                                           std::string_view bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WritePrograms(std::string_view id,
                              const std::map<std::string, std::string>& programs)
@@ -119,13 +141,12 @@ class SqliteStore final : public SessionStore {
   absl::StatusOr<std::vector<std::string>> ListIds(const PageRequest& page,
                                                    size_t limit)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<CreateResult> CreateLocked(SessionRecord& record,
-                                            bool strict,
+  absl::StatusOr<CreateResult> CreateLocked(SessionRecord& record, bool strict,
                                             std::vector<std::string>& cleared)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // One reaper pass: flush refreshes, expire up to sweep_budget. True
-  // when it stopped at the budget.
+  // One reaper pass: flush refreshes, then expire what is due, in chunks
+  // of at most sweep_budget and 1,000. True when a chunk was full.
   bool Sweep();
 
   absl::Mutex mu_;

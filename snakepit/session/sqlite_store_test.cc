@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/os/fd.h"
 #include "snakepit/os/process.h"
@@ -64,10 +65,14 @@ TEST(SqliteStoreTest, ReopenedStoreHoldsEveryRecordExactly) {
     options.metadata = {{"k", "v"}};
     options.owner = "me";
     ASSERT_TRUE(store->Create(options).ok());
-    ASSERT_TRUE(store->Update("s1", [](SessionRecord& s) {
-                       s.variables["x"] = std::string("\x92\x01\x02", 3);
-                       return absl::OkStatus();
-                     }).ok());
+    ASSERT_TRUE(store
+                    ->Update("s1",
+                             [](SessionRecord& s) {
+                               s.variables["x"] =
+                                   std::string("\x92\x01\x02", 3);
+                               return absl::OkStatus();
+                             })
+                    .ok());
     ASSERT_TRUE(store->StoreProgram("s1", "p", std::string(5000, 'z')).ok());
     ASSERT_TRUE(store->Create(Named("s2")).ok());
     clock.Advance(absl::Seconds(30));
@@ -106,9 +111,9 @@ TEST(SqliteStoreTest, NewerSchemaIsRefused) {
   const std::string path = dir.path() + "/s.db";
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 2", nullptr, nullptr,
-                         nullptr),
-            SQLITE_OK);
+  ASSERT_EQ(
+      sqlite3_exec(db, "PRAGMA user_version = 2", nullptr, nullptr, nullptr),
+      SQLITE_OK);
   sqlite3_close(db);
   StoreConfig config;
   config.path = path;
@@ -209,8 +214,7 @@ void Parse(const std::string& output, Acknowledged& acked) {
 // Reads what is in `fd` within `wait`; false at end of file.
 bool ReadSomeOutput(int fd, std::string& out, absl::Duration wait) {
   struct pollfd pfd = {fd, POLLIN, 0};
-  if (::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) <=
-      0) {
+  if (::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) <= 0) {
     return true;
   }
   char buf[4096];
@@ -229,8 +233,7 @@ std::string RunWriterAndKill(const std::string& path, int round,
   os::UniqueFd write_end;
   EXPECT_TRUE(os::MakePipe(&read_end, &write_end).ok());
   os::SpawnRequest request;
-  request.argv = {SNAKEPIT_CRASH_WRITER, path, absl::StrCat(round),
-                  "1000000"};
+  request.argv = {SNAKEPIT_CRASH_WRITER, path, absl::StrCat(round), "1000000"};
   request.env = {"PATH=/usr/bin:/bin"};
   request.fds = {{write_end.get(), 1}};
   absl::StatusOr<os::SpawnedProcess> child = os::Spawn(request);

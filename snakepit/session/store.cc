@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+
 #include "snakepit/base/status.h"
 #include "snakepit/session/session_id.h"
 
@@ -53,10 +54,9 @@ bool IsValidUtf8(std::string_view s) {
 }
 
 absl::Status NotText(std::string_view what, std::string_view id) {
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   reason::kInvalidArgument,
-                   absl::StrCat(ToAbsl(what), " of session ", internal::QuoteId(id),
-                                " is not valid UTF-8"));
+  return MakeError(absl::StatusCode::kInvalidArgument, reason::kInvalidArgument,
+                   absl::StrCat(ToAbsl(what), " of session ",
+                                internal::QuoteId(id), " is not valid UTF-8"));
 }
 
 }  // namespace
@@ -68,11 +68,10 @@ absl::StatusOr<StoreKind> ParseStoreKind(std::string_view name) {
   if (name == "sqlite") {
     return StoreKind::kSqlite;
   }
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   reason::kInvalidArgument,
-                   absl::StrCat("unknown session store \"",
-                                internal::QuoteId(name),
-                                "\"; expected memory or sqlite"));
+  return MakeError(
+      absl::StatusCode::kInvalidArgument, reason::kInvalidArgument,
+      absl::StrCat("unknown session store \"", internal::QuoteId(name),
+                   "\"; expected memory or sqlite"));
 }
 
 std::string_view StoreKindName(StoreKind kind) {
@@ -119,23 +118,22 @@ absl::StatusOr<SessionRef> SessionStore::Update(std::string_view id,
     }
     conflict = written.status();
   }
-  return MakeError(
-      absl::StatusCode::kAborted, reason::kSessionConflict,
-      absl::StrCat("update gave up after ", kUpdateRetries + 1,
-                   " attempts lost to concurrent writers; last: ",
-                   conflict.message()));
+  return MakeError(absl::StatusCode::kAborted, reason::kSessionConflict,
+                   absl::StrCat("update gave up after ", kUpdateRetries + 1,
+                                " attempts lost to concurrent writers; last: ",
+                                conflict.message()));
 }
 
-absl::StatusOr<uint64_t> SessionStore::StoreProgram(
-    std::string_view id, std::string_view program_id, std::string bytes) {
+absl::StatusOr<uint64_t> SessionStore::StoreProgram(std::string_view id,
+                                                    std::string_view program_id,
+                                                    std::string bytes) {
   if (absl::Status s = ValidateProgram(program_id, bytes); !s.ok()) {
     return s;
   }
-  absl::StatusOr<SessionRef> written =
-      Update(id, [&](SessionRecord& record) {
-        record.programs[std::string(program_id)] = bytes;
-        return absl::OkStatus();
-      });
+  absl::StatusOr<SessionRef> written = Update(id, [&](SessionRecord& record) {
+    record.programs[std::string(program_id)] = bytes;
+    return absl::OkStatus();
+  });
   if (!written.ok()) {
     return written.status();
   }
@@ -170,7 +168,8 @@ int SessionStore::AddDeleteListener(DeleteListener listener) {
 void SessionStore::RemoveDeleteListener(int handle) {
   absl::MutexLock lock(&listeners_mu_);
   auto next = std::make_shared<Listeners>(*listeners_);
-  std::erase_if(*next, [&](const auto& entry) { return entry.first == handle; });
+  std::erase_if(*next,
+                [&](const auto& entry) { return entry.first == handle; });
   listeners_ = std::move(next);
 }
 

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+
 #include "snakepit/session/errors.h"
 
 namespace snakepit {
@@ -188,9 +189,9 @@ class SessionStore {
   // expected_version + 1 and refreshed. ABORTED (session_conflict) when
   // the version moved on; NOT_FOUND when gone; program_too_large or
   // INVALID_ARGUMENT when `record` breaks a limit.
-  virtual absl::StatusOr<SessionRef> CompareAndSwap(
-      std::string_view id, uint64_t expected_version,
-      SessionRecord record) = 0;
+  virtual absl::StatusOr<SessionRef> CompareAndSwap(std::string_view id,
+                                                    uint64_t expected_version,
+                                                    SessionRecord record) = 0;
 
   // Read, `fn`, CompareAndSwap; on a conflict the whole sequence runs
   // again, up to kUpdateRetries more times, then ABORTED

@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+
 #include "snakepit/base/value.h"
 #include "snakepit/session/sqlite_store.h"
 
@@ -32,8 +33,7 @@ std::string ProgramFor(const std::string& id) {
 }
 
 int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "sqlite_crash_writer: %s\n",
-               status.ToString().c_str());
+  std::fprintf(stderr, "sqlite_crash_writer: %s\n", status.ToString().c_str());
   return 1;
 }
 
@@ -41,7 +41,8 @@ int Run(const std::string& path, int round, int iterations) {
   StoreConfig config;
   config.kind = StoreKind::kSqlite;
   config.path = path;
-  absl::StatusOr<std::unique_ptr<SqliteStore>> store = SqliteStore::Open(config);
+  absl::StatusOr<std::unique_ptr<SqliteStore>> store =
+      SqliteStore::Open(config);
   if (!store.ok()) {
     return Fail(store.status());
   }

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "snakepit/os/fd.h"
+#include "snakepit/pool/pool.h"
 
 namespace snakepit::internal {
 
@@ -42,6 +43,8 @@ struct CallState {
   std::weak_ptr<PoolCore> pool;
   bool streams = false;  // the function is a generator
   std::string args;      // msgpack; owned by the pool until sent
+  std::string session;   // empty: none
+  Affinity affinity = Affinity::kHint;
 
   // Guarded by mu.
   std::mutex mu;

@@ -213,6 +213,20 @@ Call PoolCore::Submit(std::string_view function, std::string args,
                      "-byte payload limit (host→worker)")));
   }
   call->args = std::move(args);
+  call->session = options.session;
+  call->affinity = options.affinity;
+  if (!call->session.empty()) {
+    if (!options_.sessions) {
+      return Call::Failed(MakeError(
+          absl::StatusCode::kFailedPrecondition, "no_session_store",
+          absl::StrCat("pool ", options_.name, " has no session store")));
+    }
+    // A call in a session counts as its use: the session cannot expire
+    // under it.
+    if (absl::Status s = options_.sessions->Touch(call->session); !s.ok()) {
+      return Call::Failed(s);
+    }
+  }
 
   std::shared_ptr<Worker> w;
   {
@@ -233,7 +247,11 @@ Call PoolCore::Submit(std::string_view function, std::string args,
       }
       call->streams = IsGeneratorKind(it->second.kind);
     }
-    w = TakeIdleLocked();
+    absl::Status refusal;
+    w = TakeIdleLocked(*call, &refusal);
+    if (!refusal.ok()) {
+      return Call::Failed(refusal);
+    }
     if (w) {
       AssignLocked(*w, call);
     } else if (queue_.size() >= options_.max_queue) {
@@ -274,21 +292,72 @@ void PoolCore::Cancel(const std::shared_ptr<CallState>& call) {
   RunDeferred(deferred);
 }
 
-std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked() {
-  while (!idle_.empty()) {
-    std::shared_ptr<Worker> w = std::move(idle_.back());
-    idle_.pop_back();
-    if (w->state == WorkerState::kIdle) {
-      return w;
+std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked(
+    const CallState& call, absl::Status* refusal) {
+  // Drop entries of workers that are no longer idle.
+  std::erase_if(idle_, [](const std::shared_ptr<Worker>& w) {
+    return w->state != WorkerState::kIdle;
+  });
+  std::shared_ptr<Worker> pinned;
+  bool pinned_alive = false;
+  if (!call.session.empty()) {
+    auto it = affinity_.find(call.session);
+    if (it != affinity_.end()) {
+      auto found = workers_.find(it->second);
+      pinned_alive = found != workers_.end();
+      if (pinned_alive) {
+        pinned = found->second;
+      }
     }
   }
-  return nullptr;
+  if (pinned && pinned->state == WorkerState::kIdle) {
+    std::erase(idle_, pinned);
+    return pinned;
+  }
+  if (call.affinity == Affinity::kStrictFail && pinned) {
+    *refusal = MakeError(
+        absl::StatusCode::kUnavailable, "session_worker_busy",
+        absl::StrCat("worker ", pinned->pid, " that holds session ",
+                     call.session, " is busy (affinity strict-fail)"));
+    return nullptr;
+  }
+  if (call.affinity == Affinity::kStrictFail && !call.session.empty() &&
+      affinity_.contains(call.session) && !pinned_alive) {
+    *refusal = MakeError(
+        absl::StatusCode::kFailedPrecondition, "session_worker_lost",
+        absl::StrCat("the worker that held session ", call.session,
+                     " is gone, and its local objects with it (affinity "
+                     "strict-fail)"));
+    return nullptr;
+  }
+  if (call.affinity == Affinity::kStrictQueue && pinned) {
+    return nullptr;  // wait in the queue for the pinned worker
+  }
+  if (idle_.empty()) {
+    return nullptr;
+  }
+  std::shared_ptr<Worker> w = std::move(idle_.back());
+  idle_.pop_back();
+  return w;
+}
+
+bool PoolCore::MayRunOnLocked(const CallState& call, const Worker& w) const {
+  if (call.affinity != Affinity::kStrictQueue || call.session.empty()) {
+    return true;
+  }
+  auto it = affinity_.find(call.session);
+  return it == affinity_.end() || it->second == w.serial ||
+         !workers_.contains(it->second);
 }
 
 void PoolCore::AssignLocked(Worker& w, const std::shared_ptr<CallState>& call) {
   w.state = WorkerState::kBusy;
   w.call = call;
   w.running_id = call->id;
+  if (!call->session.empty()) {
+    affinity_[call->session] = w.serial;
+    w.sessions_held.insert(call->session);
+  }
   {
     std::lock_guard<std::mutex> lock(call->mu);
     call->dispatched = absl::Now();
@@ -303,9 +372,14 @@ void PoolCore::DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
                                     Deferred* deferred,
                                     std::shared_ptr<CallState>* to_send) {
   absl::Time now = absl::Now();
-  while (!queue_.empty()) {
-    std::shared_ptr<CallState> call = std::move(queue_.front());
-    queue_.pop_front();
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!(*it)->done_flag.load() && (*it)->deadline > now &&
+        !MayRunOnLocked(**it, *w)) {
+      ++it;  // waits for the worker its session is pinned to
+      continue;
+    }
+    std::shared_ptr<CallState> call = std::move(*it);
+    it = queue_.erase(it);
     if (call->done_flag.load()) {
       continue;
     }
@@ -332,9 +406,14 @@ void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
                         const std::shared_ptr<CallState>& call) {
   protocol::HeaderWriter header;
   bool bounded = call->deadline != absl::InfiniteFuture();
-  header.MapHeader(bounded ? 2 : 1);
+  bool in_session = !call->session.empty();
+  header.MapHeader(1 + (bounded ? 1 : 0) + (in_session ? 1 : 0));
   header.String("fn");
   header.String(call->function);
+  if (in_session) {
+    header.String("session");
+    header.String(call->session);
+  }
   if (bounded) {
     absl::Duration left = call->deadline - absl::Now();
     header.String("timeout_ms");
@@ -687,6 +766,10 @@ void PoolCore::HandleFrame(const std::shared_ptr<Worker>& w,
     case FrameType::kLog:
       HandleLog(*w, frame);
       return;
+    case FrameType::kSessionRead:
+    case FrameType::kSessionWrite:
+      HandleSessionOp(*w, frame);
+      return;
     default:
       KillBroken(*w,
                  ReasonError(reason::kProtocolError,
@@ -768,6 +851,7 @@ void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
     }
     changed_.notify_all();
   }
+  FlushSessionEnds(w);
   if (to_send) {
     SendCall(w, to_send);
   }
@@ -785,6 +869,147 @@ void PoolCore::HandleLog(Worker& w, const protocol::Frame& frame) {
                                  : spdlog::level::debug;
   Log().log(spd_level, "pool {} worker {} call {}: {}", options_.name, w.pid,
             frame.id, StringField(*header, "message"));
+}
+
+namespace {
+
+std::string SessionReplyHeader(const absl::Status& status, uint64_t version) {
+  Value header = {{"ok", status.ok()}, {"version", version}};
+  if (!status.ok()) {
+    header["reason"] = ReasonOf(status);
+    header["message"] = std::string(status.message());
+  }
+  return *EncodeValue(header);
+}
+
+}  // namespace
+
+void PoolCore::HandleSessionOp(Worker& w, const protocol::Frame& frame) {
+  absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
+  std::string op, session;
+  std::string call_session;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (frame.id == w.running_id && w.call) {
+      call_session = w.call->session;
+    }
+  }
+  if (header.ok()) {
+    op = StringField(*header, "op");
+    session = StringField(*header, "session");
+  }
+
+  // TODO(#4): store operations run on the reading thread; a slow store
+  // (sqlite with fsync) delays other workers' frames meanwhile.
+  absl::Status status;
+  uint64_t version = 0;
+  std::string body;
+  if (!header.ok()) {
+    status = header.status();
+  } else if (!options_.sessions) {
+    status = MakeError(absl::StatusCode::kFailedPrecondition,
+                       "no_session_store", "the pool has no session store");
+  } else if (session.empty() || session != call_session) {
+    status = MakeError(absl::StatusCode::kPermissionDenied,
+                       "session_mismatch",
+                       "a call may use only the session it runs in");
+  } else if (op == "get") {
+    absl::StatusOr<SessionSnapshot> snap = options_.sessions->Read(session);
+    status = snap.status();
+    if (snap.ok()) {
+      version = snap->version;
+      body = JoinMsgpackMap(snap->variables);
+    }
+  } else if (op == "get_program") {
+    absl::StatusOr<std::string> program = options_.sessions->GetProgram(
+        session, StringField(*header, "program"));
+    status = program.status();
+    if (program.ok()) {
+      body = *EncodeValue(Bytes(*program));
+    }
+  } else if (op == "cas") {
+    std::map<std::string, std::string> set;
+    std::vector<std::string> erase;
+    if (!frame.body.empty()) {
+      auto pairs = SplitMsgpackMap(frame.body, options_.max_depth);
+      status = pairs.status();
+      if (pairs.ok()) {
+        set.insert(pairs->begin(), pairs->end());
+      }
+    }
+    auto deleted = header->find("delete");
+    if (deleted != header->end() && deleted->is_array()) {
+      for (const Value& name : *deleted) {
+        if (name.is_string()) {
+          erase.push_back(name.get<std::string>());
+        }
+      }
+    }
+    if (status.ok()) {
+      absl::StatusOr<uint64_t> written = options_.sessions->Write(
+          session, header->value("expected_version", uint64_t{0}), set,
+          erase);
+      status = written.status();
+      version = written.ok() ? *written : 0;
+    }
+  } else if (op == "store_program") {
+    absl::StatusOr<Value> data = DecodeValue(frame.body);
+    if (!data.ok() || !data->is_binary()) {
+      status = ReasonError(reason::kInvalidArgument,
+                           "a program must be bytes");
+    } else {
+      const auto& bin = data->get_binary();
+      absl::StatusOr<uint64_t> stored = options_.sessions->StoreProgram(
+          session, StringField(*header, "program"),
+          std::string(bin.begin(), bin.end()));
+      status = stored.status();
+      version = stored.ok() ? *stored : 0;
+    }
+  } else {
+    status = ReasonError(reason::kInvalidArgument,
+                         absl::StrCat("unknown session operation \"", op,
+                                      "\""));
+  }
+  (void)w.process->Send(FrameType::kSessionReply, frame.id,
+                        SessionReplyHeader(status, version),
+                        status.ok() ? body : std::string(),
+                        absl::Now() + absl::Seconds(5));
+}
+
+void PoolCore::EndSession(const std::string& id) {
+  std::vector<std::shared_ptr<Worker>> idle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    affinity_.erase(id);
+    for (auto& [serial, w] : workers_) {
+      if (w->sessions_held.erase(id) > 0) {
+        w->pending_ends.push_back(id);
+        if (w->state == WorkerState::kIdle) {
+          idle.push_back(w);
+        }
+      }
+    }
+  }
+  // Busy workers hear of it when their call ends (HandleFinal).
+  for (const std::shared_ptr<Worker>& w : idle) {
+    FlushSessionEnds(w);
+  }
+}
+
+void PoolCore::FlushSessionEnds(const std::shared_ptr<Worker>& w) {
+  std::vector<std::string> ends;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ends.swap(w->pending_ends);
+  }
+  for (const std::string& id : ends) {
+    protocol::HeaderWriter header;
+    header.MapHeader(1);
+    header.String("session");
+    header.String(id);
+    (void)w->process->Send(FrameType::kSessionEnd, 0, header.data(), "",
+                           absl::Now() + absl::Seconds(1));
+  }
 }
 
 void PoolCore::KillBroken(Worker& w, absl::Status why, Deferred* deferred) {

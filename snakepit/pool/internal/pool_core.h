@@ -24,7 +24,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <thread>
 #include <vector>
 
@@ -61,6 +63,7 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   std::vector<FunctionInfo> Functions() const;
   PoolStats Stats() const;
+  void EndSession(const std::string& id);
 
  private:
   enum class WorkerState { kStarting, kIdle, kBusy, kStopping, kExited };
@@ -94,6 +97,12 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     std::string err_line;
     std::string stderr_tail;
     std::atomic<bool> channel_open{true};
+
+    // Sessions whose calls ran here (so this worker may hold their
+    // ctx.session.local objects), and ended ones still to announce.
+    // Guarded by mu_.
+    std::set<std::string> sessions_held;
+    std::vector<std::string> pending_ends;
 
     // Fixed at construction: wakes a thread driving this worker.
     std::shared_ptr<const os::Waker> interrupt;
@@ -144,7 +153,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void RespawnMissing();
 
   // Dispatch. REQUIRES: mu_ held; returns the worker to send to, if any.
-  std::shared_ptr<Worker> TakeIdleLocked();
+  std::shared_ptr<Worker> TakeIdleLocked(const CallState& call,
+                                         absl::Status* refusal);
+  // Whether queued `call` may go to `w` now (strict affinity).
+  bool MayRunOnLocked(const CallState& call, const Worker& w) const;
   void AssignLocked(Worker& w, const std::shared_ptr<CallState>& call);
   void DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
                             Deferred* deferred,
@@ -152,6 +164,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void SendCall(const std::shared_ptr<Worker>& w,
                 const std::shared_ptr<CallState>& call);
   void AbandonLocked(Worker& w);
+
+  // Sessions: ctx.session requests from a worker, and SESSION_END.
+  void HandleSessionOp(Worker& w, const protocol::Frame& frame);
+  void FlushSessionEnds(const std::shared_ptr<Worker>& w);
 
   // Deadlines and timers. REQUIRES: mu_ held.
   void ExpireLocked(absl::Time now, Deferred* deferred);
@@ -181,6 +197,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   uint32_t next_serial_ = 1;                             // guarded by mu_
   // Workers whose channel may hold frames no reader has seen.
   std::vector<uint32_t> recheck_;                        // guarded by mu_
+  // Session id → serial of the worker that served it last.
+  std::unordered_map<std::string, uint32_t> affinity_;   // guarded by mu_
 
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> next_wake_ns_{0};  // when the loop will wake

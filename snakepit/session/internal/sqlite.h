@@ -27,6 +27,11 @@ namespace snakepit::internal {
 // written, INTERNAL for the rest.
 absl::Status SqliteError(int rc, sqlite3* db, std::string_view context);
 
+// Marks a parameter to bind as a blob; plain strings bind as text.
+struct AsBlob {
+  std::string_view bytes;
+};
+
 // One use of a prepared statement: binds parameters in order, steps, and
 // resets the statement when destroyed. Bound text and blobs are not
 // copied, so they must outlive the Query. Move-only.
@@ -40,6 +45,9 @@ class Query {
   Query& Text(std::string_view value);
   Query& Blob(std::string_view value);
   Query& Int(int64_t value);
+  Query& Bind(std::string_view value) { return Text(value); }
+  Query& Bind(AsBlob value) { return Blob(value.bytes); }
+  Query& Bind(int64_t value) { return Int(value); }
 
   // True with a row to read, false when done.
   absl::StatusOr<bool> Step();
@@ -74,6 +82,18 @@ class SqliteDb {
   // A query on the statement for `sql`, prepared on first use. `sql` must
   // be a string literal: the cache is keyed by its address.
   absl::StatusOr<Query> Prepare(const char* sql);
+
+  // Prepares `sql`, binds `args` in order (see Query::Bind) and runs it
+  // to completion.
+  template <typename... Args>
+  absl::Status Run(const char* sql, const Args&... args) {
+    absl::StatusOr<Query> query = Prepare(sql);
+    if (!query.ok()) {
+      return query.status();
+    }
+    (query->Bind(args), ...);
+    return query->Run();
+  }
 
   sqlite3* raw() const { return db_; }
   const std::string& path() const { return path_; }

@@ -8,9 +8,8 @@ void Sweeper::Start(absl::Duration interval, std::function<bool()> sweep) {
   if (interval == absl::InfiniteDuration()) {
     return;
   }
-  thread_ = std::thread([this, interval, sweep = std::move(sweep)] {
-    Run(interval, sweep);
-  });
+  thread_ = std::thread(
+      [this, interval, sweep = std::move(sweep)] { Run(interval, sweep); });
 }
 
 void Sweeper::Stop() {
@@ -23,8 +22,7 @@ void Sweeper::Stop() {
   }
 }
 
-void Sweeper::Run(absl::Duration interval,
-                  const std::function<bool()>& sweep) {
+void Sweeper::Run(absl::Duration interval, const std::function<bool()>& sweep) {
   absl::Duration pause = interval;
   while (true) {
     {

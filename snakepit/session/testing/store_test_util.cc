@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+
 #include "snakepit/session/memory_store.h"
 #include "snakepit/session/sqlite_store.h"
 
@@ -23,18 +24,17 @@ StoreFactory MemoryStoreFactory() {
 }
 
 StoreFactory SqliteStoreFactory() {
-  return {"sqlite", [](StoreConfig config, const std::string& dir) {
-            config.kind = StoreKind::kSqlite;
-            config.path = dir + "/sessions.db";
-            absl::StatusOr<std::unique_ptr<SqliteStore>> store =
-                SqliteStore::Open(std::move(config));
-            if (!store.ok()) {
-              return absl::StatusOr<std::unique_ptr<SessionStore>>(
-                  store.status());
-            }
-            return absl::StatusOr<std::unique_ptr<SessionStore>>(
-                *std::move(store));
-          }};
+  return {
+      "sqlite", [](StoreConfig config, const std::string& dir) {
+        config.kind = StoreKind::kSqlite;
+        config.path = dir + "/sessions.db";
+        absl::StatusOr<std::unique_ptr<SqliteStore>> store =
+            SqliteStore::Open(std::move(config));
+        if (!store.ok()) {
+          return absl::StatusOr<std::unique_ptr<SessionStore>>(store.status());
+        }
+        return absl::StatusOr<std::unique_ptr<SessionStore>>(*std::move(store));
+      }};
 }
 
 ScopedTempDir::ScopedTempDir() {

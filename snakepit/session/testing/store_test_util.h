@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+
 #include "snakepit/session/store.h"
 
 namespace snakepit::testing {
@@ -60,9 +61,7 @@ class FakeClock {
  public:
   FakeClock() : now_us_(absl::ToUnixMicros(absl::Now())) {}
   absl::Time Now() const { return absl::FromUnixMicros(now_us_.load()); }
-  void Advance(absl::Duration d) {
-    now_us_ += absl::ToInt64Microseconds(d);
-  }
+  void Advance(absl::Duration d) { now_us_ += absl::ToInt64Microseconds(d); }
   std::function<absl::Time()> AsFunction() {
     return [this] { return Now(); };
   }
