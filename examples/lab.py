@@ -9,6 +9,7 @@ Run with Debian's interpreter, which has numpy and scikit-learn:
 from __future__ import annotations
 
 import collections
+import io
 import re
 from typing import Iterator
 
@@ -111,3 +112,52 @@ def learning_curve(steps: int = 5,
         yield {"step": step, "train_images": n,
                "accuracy": round(float(model.score(x_test / 16.0, y_test)),
                                  4)}
+
+
+# A session flow: fit once, predict in later calls. The fitted model
+# stays in this worker's ctx.session.local; its parameters are stored in
+# the session as a program, so a worker new to the session (after a
+# crash, or under load) rebuilds the model without training again.
+
+def _model_from_program(blob: bytes) -> LogisticRegression:
+    arrays = np.load(io.BytesIO(blob))
+    model = LogisticRegression()
+    model.coef_ = arrays["coef"]
+    model.intercept_ = arrays["intercept"]
+    model.classes_ = arrays["classes"]
+    return model
+
+
+@snakepit.function
+def session_fit(ctx: snakepit.Context, c: float = 1.0) -> dict:
+    """Trains a digit classifier for this session and keeps it."""
+    x_train, x_test, y_train, y_test = _split(0.25, 0)
+    model = LogisticRegression(max_iter=2000, C=c).fit(x_train / 16.0,
+                                                       y_train)
+    blob = io.BytesIO()
+    np.savez(blob, coef=model.coef_, intercept=model.intercept_,
+             classes=model.classes_)
+    ctx.session.store_program("digits-model", blob.getvalue())
+    ctx.session.local["model"] = model
+    ctx.session.set("accuracy", round(float(model.score(x_test / 16.0,
+                                                         y_test)), 4))
+    return {"accuracy": ctx.session.get("accuracy"),
+            "worker": ctx.worker_pid}
+
+
+@snakepit.function
+def session_predict(indices: list, ctx: snakepit.Context) -> dict:
+    """Predicts with the session's model: the worker's cached object, or
+    one rebuilt from the stored parameters."""
+    model = ctx.session.local.get("model")
+    source = "local"
+    if model is None:
+        model = _model_from_program(ctx.session.get_program("digits-model"))
+        ctx.session.local["model"] = model
+        source = "program"
+    digits = load_digits()
+    picked = digits.data[np.asarray(indices, dtype=int)] / 16.0
+    ctx.session.update("predictions", lambda n: n + len(indices), 0)
+    return {"predicted": [int(p) for p in model.predict(picked)],
+            "actual": [int(digits.target[i]) for i in indices],
+            "model_from": source, "worker": ctx.worker_pid}

@@ -1,6 +1,7 @@
 #include "snakepit/api/client.h"
 
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -51,10 +52,12 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
 
 absl::StatusOr<v1::CallRequest> MakeRequest(const std::string& function,
                                             const Value& args,
-                                            const std::string& pool) {
+                                            const RemoteCallOptions& options) {
   v1::CallRequest request;
   request.set_function(function);
-  request.set_pool(pool);
+  request.set_pool(options.pool);
+  request.set_session_id(options.session);
+  request.set_affinity(options.affinity);
   request.mutable_args()->set_content_type(api::kMsgpack);
   if (!args.is_null()) {
     if (!args.is_object() && !args.is_array()) {
@@ -105,12 +108,22 @@ Client::~Client() = default;
 absl::StatusOr<Value> Client::Call(const std::string& function,
                                    const Value& args, absl::Duration timeout,
                                    const std::string& pool) {
-  absl::StatusOr<v1::CallRequest> request = MakeRequest(function, args, pool);
+  RemoteCallOptions options;
+  options.timeout = timeout;
+  options.pool = pool;
+  return Call(function, args, options);
+}
+
+absl::StatusOr<Value> Client::Call(const std::string& function,
+                                   const Value& args,
+                                   const RemoteCallOptions& options) {
+  absl::StatusOr<v1::CallRequest> request =
+      MakeRequest(function, args, options);
   if (!request.ok()) {
     return request.status();
   }
   grpc::ClientContext context;
-  impl_->Prepare(&context, timeout);
+  impl_->Prepare(&context, options.timeout);
   v1::CallResponse response;
   grpc::Status status = impl_->stub->Call(&context, *request, &response);
   if (!status.ok()) {
@@ -123,12 +136,22 @@ absl::Status Client::CallStream(
     const std::string& function, const Value& args,
     const std::function<bool(const Value&)>& on_chunk,
     absl::Duration timeout) {
-  absl::StatusOr<v1::CallRequest> request = MakeRequest(function, args, "");
+  RemoteCallOptions options;
+  options.timeout = timeout;
+  return CallStream(function, args, on_chunk, options);
+}
+
+absl::Status Client::CallStream(
+    const std::string& function, const Value& args,
+    const std::function<bool(const Value&)>& on_chunk,
+    const RemoteCallOptions& options) {
+  absl::StatusOr<v1::CallRequest> request =
+      MakeRequest(function, args, options);
   if (!request.ok()) {
     return request.status();
   }
   grpc::ClientContext context;
-  impl_->Prepare(&context, timeout);
+  impl_->Prepare(&context, options.timeout);
   std::unique_ptr<grpc::ClientReader<v1::CallChunk>> reader =
       impl_->stub->CallStream(&context, *request);
   v1::CallChunk chunk;
@@ -191,6 +214,150 @@ absl::StatusOr<Value> Client::NodeInfo() {
     return absl::InternalError("cannot render NodeInfo");
   }
   return ParseJson(json);
+}
+
+namespace {
+
+Value SessionValue(const v1::SessionInfo& info) {
+  Value variables = Value::object();
+  for (const auto& [name, raw] : info.variables()) {
+    absl::StatusOr<Value> value = DecodeValue(raw);
+    variables[name] = value.ok() ? *value : Bytes(raw);
+  }
+  Value metadata = Value::object();
+  for (const auto& [key, value] : info.metadata()) {
+    metadata[key] = value;
+  }
+  Value programs = Value::array();
+  for (const std::string& id : info.programs()) {
+    programs.push_back(id);
+  }
+  return {{"id", info.id()},
+          {"version", info.version()},
+          {"created", info.created_unix_ms()},
+          {"last_used", info.last_used_unix_ms()},
+          {"ttl_seconds", info.ttl_seconds()},
+          {"metadata", metadata},
+          {"variables", variables},
+          {"programs", programs},
+          {"created_now", info.created()}};
+}
+
+}  // namespace
+
+absl::StatusOr<Value> Client::CreateSession(const std::string& id,
+                                            absl::Duration ttl, bool strict) {
+  v1::CreateSessionRequest request;
+  request.set_id(id);
+  request.set_ttl_seconds(absl::ToInt64Seconds(ttl));
+  request.set_strict(strict);
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(30));
+  v1::SessionInfo info;
+  grpc::Status status = impl_->stub->CreateSession(&context, request, &info);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return SessionValue(info);
+}
+
+absl::StatusOr<Value> Client::GetSession(const std::string& id) {
+  v1::GetSessionRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(30));
+  v1::SessionInfo info;
+  grpc::Status status = impl_->stub->GetSession(&context, request, &info);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return SessionValue(info);
+}
+
+absl::StatusOr<std::vector<std::string>> Client::ListSessions() {
+  std::vector<std::string> ids;
+  v1::ListSessionsRequest request;
+  request.set_limit(10000);
+  while (true) {
+    grpc::ClientContext context;
+    impl_->Prepare(&context, absl::Seconds(30));
+    v1::ListSessionsResponse page;
+    grpc::Status status = impl_->stub->ListSessions(&context, request, &page);
+    if (!status.ok()) {
+      return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    }
+    ids.insert(ids.end(), page.ids().begin(), page.ids().end());
+    if (page.next_start_after().empty()) {
+      return ids;
+    }
+    request.set_start_after(page.next_start_after());
+  }
+}
+
+absl::StatusOr<bool> Client::DeleteSession(const std::string& id) {
+  v1::DeleteSessionRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::Seconds(30));
+  v1::DeleteSessionResponse response;
+  grpc::Status status =
+      impl_->stub->DeleteSession(&context, request, &response);
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return response.deleted();
+}
+
+absl::StatusOr<size_t> Client::ExportSessions(std::ostream& out) {
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::InfiniteDuration());
+  std::unique_ptr<grpc::ClientReader<v1::SessionsData>> reader =
+      impl_->stub->ExportSessions(&context, v1::ExportSessionsRequest());
+  v1::SessionsData piece;
+  size_t written = 0;
+  while (reader->Read(&piece)) {
+    out << piece.data();
+    written += piece.data().size();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  out.flush();
+  if (!out) {
+    return absl::DataLossError("could not write the export");
+  }
+  return written;
+}
+
+absl::StatusOr<Value> Client::ImportSessions(std::istream& in) {
+  grpc::ClientContext context;
+  impl_->Prepare(&context, absl::InfiniteDuration());
+  v1::ImportSessionsResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::SessionsData>> writer =
+      impl_->stub->ImportSessions(&context, &response);
+  std::string buffer(1 << 20, '\0');
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    std::streamsize got = in.gcount();
+    if (got <= 0) {
+      break;
+    }
+    v1::SessionsData piece;
+    piece.set_data(buffer.data(), static_cast<size_t>(got));
+    if (!writer->Write(piece)) {
+      break;
+    }
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) {
+    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+  return Value{{"read", response.read()},
+               {"imported", response.imported()},
+               {"skipped_existing", response.skipped_existing()},
+               {"skipped_expired", response.skipped_expired()}};
 }
 
 absl::StatusOr<bool> Client::Serving() {

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +44,13 @@ struct RemoteFunction {
   std::string doc;
 };
 
+struct RemoteCallOptions {
+  absl::Duration timeout = absl::InfiniteDuration();
+  std::string pool;      // empty: routed by function name
+  std::string session;   // empty: none
+  std::string affinity;  // "hint" (default), "strict-queue", "strict-fail"
+};
+
 // Thread-safe.
 class Client {
  public:
@@ -62,7 +70,29 @@ class Client {
                           const std::function<bool(const Value&)>& on_chunk,
                           absl::Duration timeout = absl::InfiniteDuration());
 
+  absl::StatusOr<Value> Call(const std::string& function, const Value& args,
+                             const RemoteCallOptions& options);
+  absl::Status CallStream(const std::string& function, const Value& args,
+                          const std::function<bool(const Value&)>& on_chunk,
+                          const RemoteCallOptions& options);
+
   absl::StatusOr<std::vector<RemoteFunction>> ListFunctions();
+
+  // Sessions. A session is returned as a map: id, version, created and
+  // last_used (Unix ms), ttl_seconds, metadata, variables (decoded),
+  // programs (ids), created_now.
+  absl::StatusOr<Value> CreateSession(const std::string& id = "",
+                                      absl::Duration ttl = absl::ZeroDuration(),
+                                      bool strict = false);
+  absl::StatusOr<Value> GetSession(const std::string& id);
+  absl::StatusOr<std::vector<std::string>> ListSessions();
+  // True when a session was deleted, false when there was none.
+  absl::StatusOr<bool> DeleteSession(const std::string& id);
+  // Writes every session to `out` (JSON lines); returns the bytes written.
+  absl::StatusOr<size_t> ExportSessions(std::ostream& out);
+  // Sends what ExportSessions wrote; returns the node's counts (read,
+  // imported, skipped_existing, skipped_expired).
+  absl::StatusOr<Value> ImportSessions(std::istream& in);
 
   // The node's description (NodeInfo) as a Value map.
   absl::StatusOr<Value> NodeInfo();

@@ -5,11 +5,13 @@
 #include <chrono>
 #include <deque>
 #include <mutex>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "snakepit/api/errors.h"
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
+#include "snakepit/session/export.h"
 
 namespace snakepit::api {
 namespace {
@@ -148,7 +150,7 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     link_->start = absl::Now();
     call_ = link_->prepared.pool->pool->SubmitRaw(
         link_->function, std::move(link_->prepared.args_msgpack),
-        {link_->prepared.timeout});
+        link_->prepared.options);
     call_.OnComplete([this, link = link_, call = call_](
                          const absl::Status& status) {
       Complete(link, call, status);
@@ -217,7 +219,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
     link_->start = absl::Now();
     call_ = link_->prepared.pool->pool->SubmitRaw(
         link_->function, std::move(link_->prepared.args_msgpack),
-        {link_->prepared.timeout});
+        link_->prepared.options);
     std::shared_ptr<CallLink> link = link_;
     call_.OnChunk([this, link](std::string chunk) {
       Enqueue(link, std::move(chunk));
@@ -355,7 +357,21 @@ absl::StatusOr<PreparedCall> PrepareCall(
                        absl::StrCat("unsupported accept type \"",
                                     prepared.accept, "\""));
   }
-  prepared.timeout = TimeoutOf(context);
+  prepared.options.timeout = TimeoutOf(context);
+  prepared.options.session = request.session_id();
+  const std::string& affinity = request.affinity();
+  if (affinity.empty() || affinity == "hint") {
+    prepared.options.affinity = Affinity::kHint;
+  } else if (affinity == "strict-queue") {
+    prepared.options.affinity = Affinity::kStrictQueue;
+  } else if (affinity == "strict-fail") {
+    prepared.options.affinity = Affinity::kStrictFail;
+  } else {
+    return ReasonError(reason::kInvalidArgument,
+                       absl::StrCat("unknown affinity \"", affinity,
+                                    "\"; use hint, strict-queue or "
+                                    "strict-fail"));
+  }
   return prepared;
 }
 
@@ -443,6 +459,225 @@ grpc::ServerUnaryReactor* Service::GetNodeInfo(
   }
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+namespace {
+
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+void FillSession(const SessionRecord& record, v1::SessionInfo* out) {
+  out->set_id(record.id);
+  out->set_version(record.version);
+  out->set_created_unix_ms(UnixMillis(record.created));
+  out->set_last_used_unix_ms(UnixMillis(record.last_used));
+  out->set_ttl_seconds(absl::ToInt64Seconds(record.ttl));
+  for (const auto& [key, value] : record.metadata) {
+    (*out->mutable_metadata())[key] = value;
+  }
+  for (const auto& [name, value] : record.variables) {
+    (*out->mutable_variables())[name] = value;
+  }
+  for (const auto& [id, bytes] : record.programs) {
+    out->add_programs(id);
+  }
+}
+
+// The checks every session RPC makes first.
+absl::Status SessionGate(const NodeState& node,
+                         const grpc::CallbackServerContext& context) {
+  if (absl::Status s = CheckToken(node, context); !s.ok()) {
+    return s;
+  }
+  if (!node.sessions) {
+    return MakeError(absl::StatusCode::kFailedPrecondition,
+                     "no_session_store", "this node keeps no sessions");
+  }
+  return absl::OkStatus();
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* Unary(NodeState* node,
+                                grpc::CallbackServerContext* context,
+                                Fn&& fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status status = SessionGate(*node, *context);
+  if (status.ok()) {
+    status = fn();
+  }
+  FinishWith(reactor, context, status);
+  return reactor;
+}
+
+// Sends an export in pieces of at most 1 MiB.
+// TODO(#4): the export is built in memory first; stream it from the store
+// for stores far larger than memory.
+class ExportWriter : public grpc::ServerWriteReactor<v1::SessionsData> {
+ public:
+  ExportWriter(NodeState* node, grpc::CallbackServerContext* context)
+      : context_(context) {
+    absl::Status status = SessionGate(*node, *context);
+    if (status.ok()) {
+      std::ostringstream out;
+      absl::StatusOr<size_t> count = ExportSessions(*node->sessions, out);
+      status = count.status();
+      text_ = out.str();
+    }
+    if (!status.ok()) {
+      FinishWith(this, context_, status);
+      return;
+    }
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    constexpr size_t kPiece = 1 << 20;
+    if (offset_ >= text_.size()) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    piece_.set_data(text_.substr(offset_, kPiece));
+    offset_ += kPiece;
+    StartWrite(&piece_);
+  }
+
+  grpc::CallbackServerContext* const context_;
+  std::string text_;
+  size_t offset_ = 0;
+  v1::SessionsData piece_;
+};
+
+class ImportReader : public grpc::ServerReadReactor<v1::SessionsData> {
+ public:
+  ImportReader(NodeState* node, grpc::CallbackServerContext* context,
+               v1::ImportSessionsResponse* response)
+      : node_(node), context_(context), response_(response) {
+    absl::Status status = SessionGate(*node, *context);
+    if (!status.ok()) {
+      FinishWith(this, context_, status);
+      return;
+    }
+    StartRead(&piece_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      text_ += piece_.data();
+      StartRead(&piece_);
+      return;
+    }
+    // The client has sent everything.
+    std::istringstream in(text_);
+    absl::StatusOr<ImportResult> result = ImportSessions(in, *node_->sessions);
+    if (result.ok()) {
+      response_->set_read(result->read);
+      response_->set_imported(result->imported);
+      response_->set_skipped_existing(result->skipped_existing);
+      response_->set_skipped_expired(result->skipped_expired);
+    }
+    FinishWith(this, context_, result.status());
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  NodeState* const node_;
+  grpc::CallbackServerContext* const context_;
+  v1::ImportSessionsResponse* const response_;
+  v1::SessionsData piece_;
+  std::string text_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* Service::CreateSession(
+    grpc::CallbackServerContext* context,
+    const v1::CreateSessionRequest* request, v1::SessionInfo* response) {
+  return Unary(node_, context, [&]() -> absl::Status {
+    CreateOptions options;
+    options.id = request->id();
+    options.ttl = absl::Seconds(request->ttl_seconds());
+    options.strict = request->strict();
+    options.metadata.insert(request->metadata().begin(),
+                            request->metadata().end());
+    absl::StatusOr<CreateResult> created = node_->sessions->Create(options);
+    if (!created.ok()) {
+      return created.status();
+    }
+    FillSession(*created->session, response);
+    response->set_created(created->created);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* Service::GetSession(
+    grpc::CallbackServerContext* context, const v1::GetSessionRequest* request,
+    v1::SessionInfo* response) {
+  return Unary(node_, context, [&]() -> absl::Status {
+    absl::StatusOr<SessionRef> record = node_->sessions->Get(request->id());
+    if (!record.ok()) {
+      return record.status();
+    }
+    FillSession(**record, response);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* Service::ListSessions(
+    grpc::CallbackServerContext* context,
+    const v1::ListSessionsRequest* request,
+    v1::ListSessionsResponse* response) {
+  return Unary(node_, context, [&]() -> absl::Status {
+    PageRequest page;
+    page.start_after = request->start_after();
+    if (request->limit() > 0) {
+      page.limit = static_cast<size_t>(request->limit());
+    }
+    absl::StatusOr<IdPage> ids = node_->sessions->List(page);
+    if (!ids.ok()) {
+      return ids.status();
+    }
+    for (const std::string& id : ids->ids) {
+      response->add_ids(id);
+    }
+    response->set_next_start_after(ids->next_start_after);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* Service::DeleteSession(
+    grpc::CallbackServerContext* context,
+    const v1::DeleteSessionRequest* request,
+    v1::DeleteSessionResponse* response) {
+  return Unary(node_, context, [&]() -> absl::Status {
+    absl::StatusOr<bool> deleted = node_->sessions->Delete(request->id());
+    if (!deleted.ok()) {
+      return deleted.status();
+    }
+    response->set_deleted(*deleted);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerWriteReactor<v1::SessionsData>* Service::ExportSessions(
+    grpc::CallbackServerContext* context, const v1::ExportSessionsRequest*) {
+  return new ExportWriter(node_, context);
+}
+
+grpc::ServerReadReactor<v1::SessionsData>* Service::ImportSessions(
+    grpc::CallbackServerContext* context,
+    v1::ImportSessionsResponse* response) {
+  return new ImportReader(node_, context, response);
 }
 
 }  // namespace snakepit::api

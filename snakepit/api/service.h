@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "snakepit/admin/metrics.h"
 #include "snakepit/pool/pool.h"
+#include "snakepit/session/store.h"
 #include "snakepit/v1/snakepit.grpc.pb.h"
 
 namespace snakepit::api {
@@ -44,6 +45,7 @@ struct NodeState {
   absl::Time started = absl::Now();
   std::string version;
   admin::Metrics* metrics = nullptr;
+  std::shared_ptr<SessionStore> sessions;
 
   // Changes while serving.
   std::atomic<bool> draining{false};
@@ -69,6 +71,28 @@ class Service final : public v1::Snakepit::CallbackService {
       const v1::GetNodeInfoRequest* request,
       v1::NodeInfo* response) override;
 
+  grpc::ServerUnaryReactor* CreateSession(
+      grpc::CallbackServerContext* context,
+      const v1::CreateSessionRequest* request,
+      v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* ListSessions(
+      grpc::CallbackServerContext* context,
+      const v1::ListSessionsRequest* request,
+      v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteSession(
+      grpc::CallbackServerContext* context,
+      const v1::DeleteSessionRequest* request,
+      v1::DeleteSessionResponse* response) override;
+  grpc::ServerWriteReactor<v1::SessionsData>* ExportSessions(
+      grpc::CallbackServerContext* context,
+      const v1::ExportSessionsRequest* request) override;
+  grpc::ServerReadReactor<v1::SessionsData>* ImportSessions(
+      grpc::CallbackServerContext* context,
+      v1::ImportSessionsResponse* response) override;
+
  private:
   NodeState* const node_;
 };
@@ -79,7 +103,7 @@ struct PreparedCall {
   ServedPool* pool = nullptr;
   std::string args_msgpack;
   std::string accept;  // content type of the result
-  absl::Duration timeout = absl::InfiniteDuration();
+  CallOptions options;  // timeout, session, affinity
 };
 absl::StatusOr<PreparedCall> PrepareCall(NodeState& node,
                                          const grpc::CallbackServerContext&

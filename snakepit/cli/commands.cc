@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -11,6 +12,8 @@
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
 #include "snakepit/pool/pool.h"
+#include "snakepit/session/open_store.h"
+#include "snakepit/session/pool_backend.h"
 
 namespace snakepit::cli {
 namespace {
@@ -63,8 +66,10 @@ absl::StatusOr<Value> BuildArgs(const CallFlags& flags) {
   return args;
 }
 
-absl::StatusOr<std::unique_ptr<Pool>> StartPool(const PoolFlags& flags) {
+absl::StatusOr<std::unique_ptr<Pool>> StartPool(
+    const PoolFlags& flags, std::shared_ptr<SessionBackend> sessions = {}) {
   PoolOptions options;
+  options.sessions = std::move(sessions);
   options.name = "cli";
   options.modules = flags.modules;
   options.search_paths = flags.paths;
@@ -169,6 +174,10 @@ int RemoteCall(const PoolFlags& target, const CallFlags& flags,
     PrintError(client.status());
     return kExitPoolFailed;
   }
+  RemoteCallOptions options;
+  options.timeout = flags.timeout;
+  options.session = flags.session;
+  options.affinity = flags.affinity;
   if (flags.stream) {
     absl::Status s = (*client)->CallStream(
         flags.function, args,
@@ -176,7 +185,7 @@ int RemoteCall(const PoolFlags& target, const CallFlags& flags,
           PrintValue(chunk, output, true);
           return true;
         },
-        flags.timeout);
+        options);
     if (!s.ok()) {
       PrintError(s);
       return kExitCallFailed;
@@ -184,7 +193,7 @@ int RemoteCall(const PoolFlags& target, const CallFlags& flags,
     return kExitOk;
   }
   absl::StatusOr<Value> result =
-      (*client)->Call(flags.function, args, flags.timeout);
+      (*client)->Call(flags.function, args, options);
   if (!result.ok()) {
     PrintError(result.status());
     return kExitCallFailed;
@@ -224,12 +233,28 @@ int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
   if (!pool_flags.addr.empty()) {
     return RemoteCall(pool_flags, flags, *args, output);
   }
-  absl::StatusOr<std::unique_ptr<Pool>> pool = StartPool(pool_flags);
+  // A local pool lives as long as this command, and so does its session:
+  // a memory store holding just the one named.
+  std::shared_ptr<SessionStore> store;
+  if (!flags.session.empty()) {
+    store = *OpenStore(StoreConfig{});
+    CreateOptions create;
+    create.id = flags.session;
+    if (absl::StatusOr<CreateResult> s = store->Create(create); !s.ok()) {
+      PrintError(s.status());
+      return kExitUsage;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<Pool>> pool =
+      StartPool(pool_flags, store ? MakePoolBackend(store) : nullptr);
   if (!pool.ok()) {
     PrintError(pool.status());
     return kExitPoolFailed;
   }
-  Call call = (*pool)->Submit(flags.function, *args, {flags.timeout});
+  CallOptions options;
+  options.timeout = flags.timeout;
+  options.session = flags.session;
+  Call call = (*pool)->Submit(flags.function, *args, options);
   if (flags.stream) {
     return StreamCall(call, output);
   }
@@ -332,6 +357,62 @@ int RunNodeInfo(const PoolFlags& target, const std::string& format) {
   PrintTable(summary);
   std::printf("\n");
   PrintTable((*info)["pools"]);
+  return kExitOk;
+}
+
+}  // namespace snakepit::cli
+
+namespace snakepit::cli {
+
+int RunSession(const PoolFlags& target, const SessionFlags& flags) {
+  absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
+  if (!client.ok()) {
+    PrintError(client.status());
+    return kExitPoolFailed;
+  }
+  std::string output = ResolveOutput(flags.output);
+  absl::Status status;
+  if (flags.action == "create" || flags.action == "show") {
+    absl::StatusOr<Value> session =
+        flags.action == "create"
+            ? (*client)->CreateSession(flags.id, flags.ttl, flags.strict)
+            : (*client)->GetSession(flags.id);
+    status = session.status();
+    if (session.ok()) {
+      PrintValue(*session, output, false);
+    }
+  } else if (flags.action == "list") {
+    absl::StatusOr<std::vector<std::string>> ids = (*client)->ListSessions();
+    status = ids.status();
+    if (ids.ok()) {
+      if (output == "json") {
+        std::printf("%s\n", ToJson(Value(*ids), 2).c_str());
+      } else {
+        for (const std::string& id : *ids) {
+          std::printf("%s\n", id.c_str());
+        }
+      }
+    }
+  } else if (flags.action == "drop") {
+    absl::StatusOr<bool> deleted = (*client)->DeleteSession(flags.id);
+    status = deleted.status();
+    if (deleted.ok()) {
+      std::printf("%s\n", *deleted ? "deleted" : "no such session");
+    }
+  } else if (flags.action == "export") {
+    absl::StatusOr<size_t> bytes = (*client)->ExportSessions(std::cout);
+    status = bytes.status();
+  } else if (flags.action == "import") {
+    absl::StatusOr<Value> counts = (*client)->ImportSessions(std::cin);
+    status = counts.status();
+    if (counts.ok()) {
+      std::fprintf(stderr, "%s\n", ToJson(*counts).c_str());
+    }
+  }
+  if (!status.ok()) {
+    PrintError(status);
+    return kExitCallFailed;
+  }
   return kExitOk;
 }
 

@@ -37,6 +37,16 @@ struct CallFlags {
   absl::Duration timeout = absl::InfiniteDuration();
   bool stream = false;
   std::string output = "auto";        // auto | json | table
+  std::string session;                // --session
+  std::string affinity = "hint";      // hint | strict-queue | strict-fail
+};
+
+struct SessionFlags {
+  std::string action;  // create, list, show, drop, export, import
+  std::string id;
+  absl::Duration ttl = absl::ZeroDuration();
+  bool strict = false;
+  std::string output = "auto";
 };
 
 // "auto" becomes "table" on a terminal and "json" otherwise.
@@ -46,6 +56,7 @@ int RunCall(const PoolFlags& pool, const CallFlags& call);
 int RunFnList(const PoolFlags& pool, const std::string& output);
 int RunHealth(const PoolFlags& target, bool ready);
 int RunNodeInfo(const PoolFlags& target, const std::string& output);
+int RunSession(const PoolFlags& target, const SessionFlags& flags);
 
 // Parses "5s", "250ms", "2m" or a bare number of seconds.
 bool ParseTimeout(const std::string& text, absl::Duration* out);

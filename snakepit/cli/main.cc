@@ -5,6 +5,7 @@
 //   snakepit fn list (--module PATH | --addr ADDR)
 //   snakepit health [--ready] --addr ADDR
 //   snakepit node info --addr ADDR
+//   snakepit session create|list|show|drop|export|import --addr ADDR
 //
 // With --module the calls run in a pool embedded in this process; with
 // --addr (or $SNAKEPIT_ADDR) they go to a snakepitd node.
@@ -106,6 +107,11 @@ int main(int argc, char** argv) {
   call_cmd->add_flag("-s,--stream", call.stream,
                      "Print each chunk a generator yields as it comes, one "
                      "JSON document per line");
+  call_cmd->add_option("--session", call.session,
+                       "Run in this session (ctx.session)");
+  call_cmd->add_option("--affinity", call.affinity,
+                       "hint, strict-queue or strict-fail")
+      ->check(CLI::IsMember({"hint", "strict-queue", "strict-fail"}));
   call_cmd->add_option("-o,--output", call.output,
                        "auto (table on a terminal, else json), json or "
                        "table")
@@ -128,6 +134,44 @@ int main(int argc, char** argv) {
   AddRemoteFlags(health_cmd, &health_target);
   health_cmd->add_flag("--ready", ready,
                        "Exit 4 unless the node is ready to take calls");
+
+  PoolFlags session_target;
+  snakepit::cli::SessionFlags session;
+  std::string ttl_text;
+  CLI::App* session_cmd =
+      app.add_subcommand("session", "Manage a node's sessions");
+  session_cmd->require_subcommand(1);
+  struct SessionAction {
+    const char* name;
+    const char* help;
+    bool takes_id;
+  };
+  for (const SessionAction& a :
+       {SessionAction{"create", "Create a session (idempotent)", false},
+        SessionAction{"list", "List session ids", false},
+        SessionAction{"show", "Show a session and its variables", true},
+        SessionAction{"drop", "Delete a session", true},
+        SessionAction{"export", "Write every session to stdout", false},
+        SessionAction{"import", "Read sessions from stdin", false}}) {
+    CLI::App* sub = session_cmd->add_subcommand(a.name, a.help);
+    AddRemoteFlags(sub, &session_target);
+    if (a.takes_id) {
+      sub->add_option("id", session.id, "Session id")->required();
+    }
+    if (std::string(a.name) == "create") {
+      sub->add_option("--id", session.id, "Id to use (default: random)");
+      sub->add_option("--ttl", ttl_text, "Time to live: 30m, 2h");
+      sub->add_flag("--strict", session.strict,
+                    "Fail if the id is taken");
+    }
+    if (std::string(a.name) != "export" && std::string(a.name) != "import") {
+      sub->add_option("-o,--output", session.output, "auto, table or json")
+          ->check(CLI::IsMember({"auto", "json", "table"}));
+    }
+    sub->callback([&session, name = std::string(a.name)] {
+      session.action = name;
+    });
+  }
 
   PoolFlags info_target;
   std::string info_output = "auto";
@@ -163,6 +207,18 @@ int main(int argc, char** argv) {
       return snakepit::cli::kExitUsage;
     }
     return snakepit::cli::RunHealth(health_target, ready);
+  }
+  if (*session_cmd) {
+    if (!ttl_text.empty() &&
+        !snakepit::cli::ParseTimeout(ttl_text, &session.ttl)) {
+      std::cerr << "error: invalid_argument: --ttl " << ttl_text
+                << " is not a duration such as 30m\n";
+      return snakepit::cli::kExitUsage;
+    }
+    if (!ResolveTarget(&session_target, false)) {
+      return snakepit::cli::kExitUsage;
+    }
+    return snakepit::cli::RunSession(session_target, session);
   }
   if (*node_cmd) {
     if (!ResolveTarget(&info_target, false)) {

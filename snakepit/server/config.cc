@@ -381,6 +381,26 @@ absl::Status ParseTls(const toml::table& table, const std::string& file,
   return r.status();
 }
 
+absl::Status ParseSessions(const toml::table& table, const std::string& file,
+                           NodeConfig* config) {
+  TableReader r(table, "sessions", file,
+                {"store", "path", "ttl", "max_sessions", "max_program_bytes"});
+  r.Read("store", &config->sessions_store);
+  r.Check("store",
+          config->sessions_store == "memory" ||
+              config->sessions_store == "sqlite",
+          "expected memory or sqlite");
+  r.Read("path", &config->sessions_path);
+  r.Check("path",
+          config->sessions_store != "sqlite" || !config->sessions_path.empty(),
+          "the sqlite store needs a path");
+  r.Read("ttl", &config->sessions_ttl);
+  r.ReadInt("max_sessions", 1, std::numeric_limits<int64_t>::max(),
+            &config->max_sessions);
+  r.ReadInt("max_program_bytes", 1, kMaxU32, &config->max_program_bytes);
+  return r.status();
+}
+
 // Any name is allowed; values must be strings.
 absl::Status ParsePoolEnv(const toml::table& table, const std::string& file,
                           PoolConfig* pool) {
@@ -448,10 +468,11 @@ absl::Status ParseRoot(const toml::table& root, const std::string& file,
     const toml::table* table;
     Parser parse;
   };
-  TableReader r(root, "", file, {"node", "auth", "tls", "pool"});
+  TableReader r(root, "", file, {"node", "auth", "tls", "sessions", "pool"});
   const Section sections[] = {{r.Table("node"), ParseNode},
                               {r.Table("auth"), ParseAuth},
-                              {r.Table("tls"), ParseTls}};
+                              {r.Table("tls"), ParseTls},
+                              {r.Table("sessions"), ParseSessions}};
   const toml::node* pools = r.Find("pool");
   r.Check("pool", pools == nullptr || pools->is_array_of_tables(),
           "expected [[pool]] tables");
@@ -846,6 +867,13 @@ std::string PrintConfig(const NodeConfig& config) {
   absl::StrAppend(&out, "\n[tls]\n");
   AppendKey(&out, "cert_file", Quote(config.tls_cert_file));
   AppendKey(&out, "key_file", Quote(config.tls_key_file));
+  absl::StrAppend(&out, "\n[sessions]\n");
+  AppendKey(&out, "store", Quote(config.sessions_store));
+  AppendKey(&out, "path", Quote(config.sessions_path));
+  AppendKey(&out, "ttl", QuoteDuration(config.sessions_ttl));
+  AppendKey(&out, "max_sessions", std::to_string(config.max_sessions));
+  AppendKey(&out, "max_program_bytes",
+            std::to_string(config.max_program_bytes));
   for (const PoolConfig& pool : config.pools) {
     PrintPool(pool, &out);
   }

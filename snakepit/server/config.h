@@ -52,6 +52,14 @@ struct NodeConfig {
   std::string tls_cert_file;
   std::string tls_key_file;
 
+  // The session store: "memory" (lost with the node) or "sqlite"
+  // (durable; `sessions_path` is the database file).
+  std::string sessions_store = "memory";
+  std::string sessions_path;
+  absl::Duration sessions_ttl = absl::Hours(1);
+  size_t max_sessions = 100'000;
+  size_t max_program_bytes = 1u << 20;
+
   std::string log_format = "auto";  // auto (text on a terminal), text, json
   std::string log_level = "info";
 

@@ -16,6 +16,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "snakepit/base/log.h"
 #include "snakepit/base/status.h"
+#include "snakepit/session/open_store.h"
+#include "snakepit/session/pool_backend.h"
 
 namespace snakepit::server {
 namespace {
@@ -104,13 +106,17 @@ Node::~Node() { Drain(); }
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeConfig config) {
   std::unique_ptr<Node> node(new Node(std::move(config)));
-  for (absl::Status s :
-       {node->StartPools(), node->StartGrpc(), node->StartAdmin(),
-        node->WriteReadyFile()}) {
-    if (!s.ok()) {
+  using Step = absl::Status (Node::*)();
+  for (Step step : {&Node::OpenSessions, &Node::StartPools, &Node::StartGrpc,
+                    &Node::StartAdmin}) {
+    if (absl::Status s = (node.get()->*step)(); !s.ok()) {
       node->Drain();
       return s;
     }
+  }
+  if (absl::Status s = node->WriteReadyFile(); !s.ok()) {
+    node->Drain();
+    return s;
   }
   Log().info("node {} serving {} pool(s) on {}; admin on {}", getpid(),
              node->state_.pools.size(),
@@ -120,16 +126,46 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeConfig config) {
   return node;
 }
 
+absl::Status Node::OpenSessions() {
+  StoreConfig store;
+  absl::StatusOr<StoreKind> kind = ParseStoreKind(config_.sessions_store);
+  if (!kind.ok()) {
+    return kind.status();
+  }
+  store.kind = *kind;
+  store.path = config_.sessions_path;
+  store.default_ttl = config_.sessions_ttl;
+  store.max_sessions = config_.max_sessions;
+  store.max_program_bytes = config_.max_program_bytes;
+  absl::StatusOr<std::unique_ptr<SessionStore>> opened = OpenStore(store);
+  if (!opened.ok()) {
+    return opened.status();
+  }
+  state_.sessions = std::move(*opened);
+  // A session that ends (deleted or expired) ends in every pool's
+  // workers. The listener is removed in Drain, before the pools stop.
+  session_listener_ = state_.sessions->AddDeleteListener(
+      [this](const std::string& id, DeleteCause) {
+        for (api::ServedPool& served : state_.pools) {
+          served.pool->EndSession(id);
+        }
+      });
+  return absl::OkStatus();
+}
+
 absl::Status Node::StartPools() {
   const size_t n = config_.pools.size();
+  std::shared_ptr<SessionBackend> backend = MakePoolBackend(state_.sessions);
   std::vector<absl::StatusOr<std::unique_ptr<Pool>>> started;
   for (size_t i = 0; i < n; ++i) {
     started.emplace_back(absl::UnknownError("not started"));
   }
   std::vector<std::thread> threads;
   for (size_t i = 0; i < n; ++i) {
-    threads.emplace_back([this, i, &started] {
-      started[i] = Pool::Start(ToPoolOptions(config_.pools[i]));
+    threads.emplace_back([this, i, &started, backend] {
+      PoolOptions options = ToPoolOptions(config_.pools[i]);
+      options.sessions = backend;
+      started[i] = Pool::Start(std::move(options));
     });
   }
   for (std::thread& t : threads) {
@@ -281,6 +317,9 @@ void Node::Drain() {
     Log().info("node {} draining: up to {} for calls in flight", getpid(),
                absl::FormatDuration(config_.drain_timeout));
 
+    if (state_.sessions) {
+      state_.sessions->RemoveDeleteListener(session_listener_);
+    }
     // Pools drain in parallel; each lets its running calls finish within
     // the drain timeout, then ends its workers.
     std::vector<std::thread> threads;

@@ -46,6 +46,7 @@ class Node {
 
  private:
   explicit Node(NodeConfig config);
+  absl::Status OpenSessions();
   absl::Status StartPools();
   absl::Status StartGrpc();
   absl::Status StartAdmin();
@@ -60,6 +61,7 @@ class Node {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<admin::AdminServer> admin_;
   std::vector<std::string> grpc_addresses_;
+  int session_listener_ = 0;
   std::once_flag drain_once_;
 };
 

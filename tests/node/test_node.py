@@ -21,6 +21,7 @@ DAEMON = os.path.join(BUILD, "snakepitd")
 CLI = os.path.join(BUILD, "snakepit")
 CPP_CLIENT = os.path.join(BUILD, "client_example")
 FAULTS = os.path.join(ROOT, "tests", "pool", "fixtures", "faults.py")
+SESSIONS = os.path.join(ROOT, "tests", "pool", "fixtures", "sessions.py")
 LAB = os.path.join(ROOT, "examples", "lab.py")
 PY = "/usr/bin/python3"
 
@@ -274,6 +275,84 @@ class ServingTest(unittest.TestCase):
         status, text = self.node.http("/readyz?verbose")
         self.assertEqual(status, 200, text)
         self.assertIn("not draining", text)
+
+
+class SessionTest(unittest.TestCase):
+    def test_session_flow_and_moving_sessions_between_stores(self) -> None:
+        node = Node("--module", SESSIONS, workers=2)
+        try:
+            r = cli("session", "create", "--id", "s-1", "--addr", node.addr,
+                    "-o", "json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["id"], "s-1")
+            r = cli("call", "sessions.remember", "--addr", node.addr,
+                    "--session", "s-1", "-a", "key=colour", "-a",
+                    "value=teal")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = cli("call", "sessions.recall", "--addr", node.addr,
+                    "--session", "s-1", "-a", "key=colour",
+                    "--affinity", "strict-queue")
+            self.assertEqual(json.loads(r.stdout)["var"], "teal")
+            self.assertEqual(json.loads(r.stdout)["local"], "teal")
+
+            r = cli("call", "sessions.recall", "--addr", node.addr,
+                    "--session", "missing", "-a", "key=colour")
+            self.assertEqual(r.returncode, 3)
+            self.assertIn("error: session_not_found", r.stderr)
+
+            for i in range(5):
+                cli("session", "create", "--id", f"bulk-{i}", "--addr",
+                    node.addr)
+            r = cli("session", "list", "--addr", node.addr, "-o", "json")
+            self.assertEqual(len(json.loads(r.stdout)), 6)
+            r = cli("session", "show", "s-1", "--addr", node.addr, "-o",
+                    "json")
+            self.assertEqual(json.loads(r.stdout)["variables"],
+                             {"colour": "teal"})
+            export = os.path.join(node.dir, "sessions.jsonl")
+            with open(export, "w") as f:
+                r = subprocess.run([CLI, "session", "export", "--addr",
+                                    node.addr], stdout=f,
+                                   stderr=subprocess.PIPE, text=True,
+                                   timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = cli("session", "drop", "bulk-0", "--addr", node.addr)
+            self.assertIn("deleted", r.stdout)
+            r = cli("session", "drop", "bulk-0", "--addr", node.addr)
+            self.assertIn("no such session", r.stdout)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+        # Into a node with a durable store.
+        config = os.path.join(node.dir, "durable.toml")
+        db = os.path.join(node.dir, "sessions.db")
+        with open(config, "w") as f:
+            f.write(f'[sessions]\nstore = "sqlite"\npath = "{db}"\n'
+                    f'[[pool]]\nname = "s"\nmodules = ["{SESSIONS}"]\n'
+                    f'python = "{PY}"\nsize = 1\n')
+        durable = Node(config=config)
+        try:
+            with open(export) as f:
+                r = subprocess.run([CLI, "session", "import", "--addr",
+                                    durable.addr], stdin=f,
+                                   capture_output=True, text=True,
+                                   timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stderr)["imported"], 6)
+            r = cli("call", "sessions.recall", "--addr", durable.addr,
+                    "--session", "s-1", "-a", "key=colour")
+            self.assertEqual(json.loads(r.stdout)["var"], "teal")
+            self.assertIsNone(json.loads(r.stdout)["local"])
+        finally:
+            self.assertEqual(durable.stop(), 0)
+
+        # The sqlite store kept them across the restart.
+        durable = Node(config=config)
+        try:
+            r = cli("session", "list", "--addr", durable.addr, "-o", "json")
+            self.assertEqual(len(json.loads(r.stdout)), 6)
+        finally:
+            self.assertEqual(durable.stop(), 0)
 
 
 class AuthTest(unittest.TestCase):
