@@ -42,6 +42,15 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages now, as /proc shows them."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return ""
+
+
 def commit() -> str:
     try:
         return subprocess.run(
@@ -59,6 +68,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--markdown", required=True)
     parser.add_argument("--command", default="")
     parser.add_argument("--seconds", type=int, default=0)
+    parser.add_argument("--load-at-start", default="")
     args = parser.parse_args()
     if not args.again and not (args.raw and args.json):
         parser.error("give --raw and --json, or --again")
@@ -70,8 +80,9 @@ def write(meta: dict, rounds: dict, json_path: str, md_path: str) -> None:
     targets = report_text.targets(rounds, summary)
     if json_path:
         with open(json_path, "w") as f:
+            # One line: a result is read by programs, and half the size.
             json.dump({**meta, "summary": summary, "targets": targets,
-                       "raw": rounds}, f, indent=1)
+                       "raw": rounds}, f, separators=(",", ":"))
     out_dir = os.path.dirname(os.path.abspath(md_path))
     plots = report_plots.plots(summary, out_dir)
     with open(md_path, "w") as f:
@@ -96,6 +107,7 @@ def main() -> None:
         "machine": machine(),
         "commit": commit(),
         "seconds": args.seconds,
+        "load_average": [args.load_at_start, load_average()],
         "rounds": max((len(r) for r in rounds.values()), default=0),
     }
     write(meta, rounds, args.json, args.markdown)

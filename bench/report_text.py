@@ -367,6 +367,17 @@ def target_lines(found: List[dict]) -> List[str]:
         + table(["target", "same CPU", "default", "met"], rows))
 
 
+def load_note(meta: dict) -> List[str]:
+    start, end = (meta.get("load_average") or ["", ""])[:2]
+    if not start and not end:
+        return []
+    return para(
+        f"Load average (1, 5, 15 min) at the start: {start or '?'}; at",
+        f"the end: {end or '?'}. The benchmarks themselves add to it;",
+        "other work sharing the machine adds more and makes the figures",
+        "noisier, so compare runs made under similar load.")
+
+
 def header(meta: dict) -> List[str]:
     return ["# Benchmarks", ""] + para(
         f"Measured {meta['when']} on {meta['machine']}, commit",
@@ -375,7 +386,7 @@ def header(meta: dict) -> List[str]:
         "(under 10 minutes); `bench/run --quick` is a smoke check whose",
         "figures are not meant to be quoted. `bench/compare A.json",
         "B.json` prints the change between two runs; every figure of",
-        "every round is kept in `bench/results/`.") + [
+        "every round is kept in `bench/results/`.") + load_note(meta) + [
         "## How to read", ""] + bullets([
             "**Placement.** *same CPU* pins the benchmark, its workers and "
             "servers to CPU 0 (`taskset -c 0`); *default* leaves "

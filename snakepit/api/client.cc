@@ -213,7 +213,24 @@ absl::StatusOr<Value> Client::NodeInfo() {
            .ok()) {
     return absl::InternalError("cannot render NodeInfo");
   }
-  return ParseJson(json);
+  absl::StatusOr<Value> info = ParseJson(json);
+  if (!info.ok()) {
+    return info;
+  }
+  // Protobuf's JSON mapping writes 64-bit ints as strings; a client wants
+  // numbers.
+  auto numeric = [](Value& object, const char* key) {
+    if (object.contains(key) && object[key].is_string()) {
+      object[key] = std::stoll(object[key].get<std::string>());
+    }
+  };
+  numeric(*info, "pid");
+  numeric(*info, "uptime_seconds");
+  for (Value& pool : (*info)["pools"]) {
+    numeric(pool, "queued");
+    numeric(pool, "restarts");
+  }
+  return info;
 }
 
 namespace {

@@ -182,7 +182,13 @@ class UnaryCall : public grpc::ServerUnaryReactor {
                                       response_->mutable_result())
                         : raw.status();
     }
-    RecordCall(*link, result, call);
+    // gRPC cancels an RPC whose deadline passed; that is a deadline.
+    absl::Status recorded = result;
+    if (absl::IsCancelled(result) &&
+        context_->deadline() <= std::chrono::system_clock::now()) {
+      recorded = ReasonError(reason::kDeadlineExceeded, "deadline passed");
+    }
+    RecordCall(*link, recorded, call);
     {
       std::lock_guard<std::mutex> lock(link->mu);
       link->finished = true;
@@ -226,6 +232,13 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
     });
     call_.OnComplete([this, link, call = call_](const absl::Status& status) {
       RecordCall(*link, status, call);
+      // A plain function's result is its one chunk.
+      if (status.ok() && !call.Streams()) {
+        absl::StatusOr<std::string> result = call.GetRaw();
+        if (result.ok()) {
+          Enqueue(link, std::move(*result));
+        }
+      }
       End(link, status);
     });
   }

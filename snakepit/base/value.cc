@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "snakepit/base/status.h"
 
@@ -282,15 +283,54 @@ absl::StatusOr<Value> DecodeValue(std::string_view data, int max_depth) {
 
 namespace {
 
+bool IsNumberChar(char c) {
+  return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' ||
+         c == 'e' || c == 'E';
+}
+
+// An integer literal that no 64-bit int holds would silently become a
+// float in the parser; it is an error instead.
+absl::Status CheckIntegerLiteral(std::string_view token) {
+  if (token.find_first_of(".eE") != std::string_view::npos) {
+    return absl::OkStatus();
+  }
+  int64_t as_signed;
+  uint64_t as_unsigned;
+  if (absl::SimpleAtoi(ToAbsl(token), &as_signed) ||
+      absl::SimpleAtoi(ToAbsl(token), &as_unsigned)) {
+    return absl::OkStatus();
+  }
+  return ReasonError(
+      reason::kSerializationError,
+      absl::StrCat("integer ", ToAbsl(token.substr(0, 40)),
+                   token.size() > 40 ? "..." : "",
+                   " does not fit in 64 bits; send it as a string"));
+}
+
 // Replaces the bare tokens NaN, Infinity and -Infinity outside strings
 // with marker objects that plain JSON can hold; ConvertMarkers turns them
-// back into floats after parsing.
-std::string MarkNonFinite(std::string_view text) {
+// back into floats after parsing. Also checks integer literals.
+absl::StatusOr<std::string> MarkNonFinite(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   bool in_string = false;
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
+    if (!in_string && ((c >= '0' && c <= '9') ||
+                       (c == '-' && i + 1 < text.size() &&
+                        text[i + 1] >= '0' && text[i + 1] <= '9'))) {
+      size_t end = i;
+      while (end < text.size() && IsNumberChar(text[end])) {
+        ++end;
+      }
+      std::string_view token = text.substr(i, end - i);
+      if (absl::Status s = CheckIntegerLiteral(token); !s.ok()) {
+        return s;
+      }
+      out.append(token);
+      i = end - 1;
+      continue;
+    }
     if (in_string) {
       out += c;
       if (c == '\\' && i + 1 < text.size()) {
@@ -370,7 +410,11 @@ std::string LineAndColumn(std::string_view text, size_t byte) {
 }  // namespace
 
 absl::StatusOr<Value> ParseJson(std::string_view text, int max_depth) {
-  std::string marked = MarkNonFinite(text);
+  absl::StatusOr<std::string> marked_or = MarkNonFinite(text);
+  if (!marked_or.ok()) {
+    return marked_or.status();
+  }
+  const std::string& marked = *marked_or;
   bool too_deep = false;
   Value::parser_callback_t depth_guard =
       [&](int depth, Value::parse_event_t, Value&) {
@@ -392,6 +436,15 @@ absl::StatusOr<Value> ParseJson(std::string_view text, int max_depth) {
         reason::kSerializationError,
         absl::StrCat("invalid JSON at ", LineAndColumn(text, byte), ": ",
                      cut == std::string::npos ? what : what.substr(cut)));
+  } catch (const Value::exception& e) {
+    // Numbers out of range (1e400) and the like.
+    std::string what = e.what();
+    size_t cut = what.find("] ");
+    return ReasonError(reason::kSerializationError,
+                       absl::StrCat("invalid JSON: ",
+                                    cut == std::string::npos
+                                        ? what
+                                        : what.substr(cut + 2)));
   }
   if (too_deep) {
     return TooDeep(max_depth);

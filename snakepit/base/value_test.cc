@@ -99,6 +99,23 @@ TEST(ValueTest, DeepJsonIsRefused) {
   EXPECT_EQ(ReasonOf(ParseJson(deep).status()), "payload_too_deep");
 }
 
+TEST(ValueTest, NumbersNoValueHoldsAreErrorsNotFloats) {
+  for (const char* text :
+       {R"({"x": 1e400})", R"({"x": 18446744073709551616})",
+        R"([-9223372036854775809])",
+        R"([123456789012345678901234567890])"}) {
+    absl::StatusOr<Value> v = ParseJson(text);
+    EXPECT_EQ(ReasonOf(v.status()), "serialization_error") << text;
+  }
+  absl::StatusOr<Value> edges =
+      ParseJson("[18446744073709551615, -9223372036854775808, 1.5e300]");
+  ASSERT_TRUE(edges.ok()) << edges.status();
+  EXPECT_EQ((*edges)[0], UINT64_MAX);
+  EXPECT_EQ((*edges)[1], INT64_MIN);
+  // Digits inside strings are text.
+  EXPECT_TRUE(ParseJson(R"({"id": "123456789012345678901234567890"})").ok());
+}
+
 TEST(ValueTest, NegativeZeroPrintsWithItsSign) {
   EXPECT_EQ(ToJson(Value(-0.0)), "-0.0");
 }

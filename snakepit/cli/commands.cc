@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "snakepit/api/client.h"
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
@@ -87,51 +88,92 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectClient(const PoolFlags& f) {
   return Client::Connect(options);
 }
 
+// A table cell: strings as they are, with control characters (newlines,
+// tabs, terminal escapes) shown escaped so they cannot break the table or
+// drive the terminal; other values as JSON.
 std::string Cell(const Value& v) {
-  return v.is_string() ? v.get<std::string>() : ToJson(v);
+  if (!v.is_string()) {
+    return ToJson(v);
+  }
+  std::string out;
+  for (unsigned char c : v.get<std::string>()) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += absl::StrFormat("\\x%02x", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+void PrintRow(const std::vector<std::string>& cells,
+              const std::vector<size_t>& widths) {
+  std::string line;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    line += cells[i];
+    if (i + 1 < cells.size()) {
+      line.append(widths[i] - cells[i].size() + 2, ' ');
+    }
+  }
+  while (!line.empty() && line.back() == ' ') {
+    line.pop_back();
+  }
+  std::printf("%s\n", line.c_str());
 }
 
 // A map prints as KEY VALUE rows; an array of maps as a table with one
-// column per key; anything else as JSON.
+// column per key found in any row; anything else as JSON.
 void PrintTable(const Value& value) {
-  if (value.is_object()) {
+  if (value.is_object() && !value.empty()) {
     size_t width = 0;
     for (auto it = value.begin(); it != value.end(); ++it) {
-      width = std::max(width, it.key().size());
+      width = std::max(width, Cell(it.key()).size());
     }
     for (auto it = value.begin(); it != value.end(); ++it) {
-      std::printf("%-*s  %s\n", static_cast<int>(width), it.key().c_str(),
-                  Cell(*it).c_str());
+      PrintRow({Cell(it.key()), Cell(*it)}, {width, 0});
     }
     return;
   }
-  if (value.is_array() && !value.empty() && value[0].is_object()) {
-    std::vector<std::string> keys;
-    for (auto it = value[0].begin(); it != value[0].end(); ++it) {
-      keys.push_back(it.key());
-    }
-    std::vector<size_t> widths;
-    for (const std::string& key : keys) {
-      size_t w = key.size();
-      for (const Value& row : value) {
-        w = std::max(w, row.contains(key) ? Cell(row[key]).size() : 0);
+  bool rows_are_maps = value.is_array() && !value.empty();
+  for (const Value& row : value) {
+    rows_are_maps = rows_are_maps && row.is_object();
+  }
+  if (!rows_are_maps) {
+    std::printf("%s\n", ToJson(value, 2).c_str());
+    return;
+  }
+  std::vector<std::string> keys;
+  for (const Value& row : value) {
+    for (auto it = row.begin(); it != row.end(); ++it) {
+      if (std::find(keys.begin(), keys.end(), it.key()) == keys.end()) {
+        keys.push_back(it.key());
       }
-      widths.push_back(w);
     }
-    for (size_t i = 0; i < keys.size(); ++i) {
-      std::printf("%-*s  ", static_cast<int>(widths[i]), keys[i].c_str());
-    }
-    std::printf("\n");
+  }
+  std::vector<size_t> widths;
+  for (const std::string& key : keys) {
+    size_t w = Cell(key).size();
     for (const Value& row : value) {
-      for (size_t i = 0; i < keys.size(); ++i) {
-        std::string cell = row.contains(keys[i]) ? Cell(row[keys[i]]) : "";
-        std::printf("%-*s  ", static_cast<int>(widths[i]), cell.c_str());
-      }
-      std::printf("\n");
+      w = std::max(w, row.contains(key) ? Cell(row[key]).size() : 0);
     }
-    return;
+    widths.push_back(w);
   }
-  std::printf("%s\n", ToJson(value, 2).c_str());
+  std::vector<std::string> header;
+  for (const std::string& key : keys) {
+    header.push_back(Cell(key));
+  }
+  PrintRow(header, widths);
+  for (const Value& row : value) {
+    std::vector<std::string> cells;
+    for (const std::string& key : keys) {
+      cells.push_back(row.contains(key) ? Cell(row[key]) : "");
+    }
+    PrintRow(cells, widths);
+  }
 }
 
 void PrintValue(const Value& value, const std::string& output, bool line) {

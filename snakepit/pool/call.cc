@@ -200,6 +200,11 @@ void Call::OnChunk(std::function<void(std::string)> callback) const {
   }
 }
 
+bool Call::Streams() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->streams;
+}
+
 absl::Duration Call::QueueWait() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   if (state_->dispatched == absl::InfinitePast()) {

@@ -63,6 +63,10 @@ class Call {
   // time, on a pool thread; the callback must not block. Set it once.
   void OnChunk(std::function<void(std::string msgpack)> callback) const;
 
+  // True when the function is a generator: its chunks are its output
+  // (Next, OnChunk). A plain function's output is its result.
+  bool Streams() const;
+
   // How long the call waited for a worker; zero until it was sent.
   absl::Duration QueueWait() const;
 

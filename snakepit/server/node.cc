@@ -1,8 +1,12 @@
 #include "snakepit/server/node.h"
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <fstream>
 #include <mutex>
@@ -47,17 +51,36 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
-// A stale socket file left by a node that died keeps a new one from
-// binding; only a socket is removed, never another kind of file.
-void RemoveStaleSocket(const std::string& address) {
+// A socket file left by a node that died keeps a new one from binding,
+// so it is removed; but only when nothing answers on it, so that a second
+// node never takes over a live one's socket. Other kinds of file stay.
+absl::Status ClaimUnixSocket(const std::string& address) {
   if (!address.starts_with("unix:")) {
-    return;
+    return absl::OkStatus();
   }
   std::string path = address.substr(5);
   struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-    ::unlink(path.c_str());
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    return absl::OkStatus();
   }
+  struct sockaddr_un peer = {};
+  peer.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(peer.sun_path)) {
+    return absl::OkStatus();  // gRPC reports the long path itself
+  }
+  std::memcpy(peer.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  bool live = fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&peer),
+                                   sizeof(peer)) == 0;
+  if (fd >= 0) {
+    ::close(fd);
+  }
+  if (live) {
+    return MakeError(absl::StatusCode::kUnavailable, "cannot_listen",
+                     absl::StrCat("another process is serving on ", address));
+  }
+  ::unlink(path.c_str());
+  return absl::OkStatus();
 }
 
 // "127.0.0.1:0" with port 41234 chosen becomes "127.0.0.1:41234".
@@ -118,6 +141,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(NodeConfig config) {
     node->Drain();
     return s;
   }
+  node->serving_ = true;
   Log().info("node {} serving {} pool(s) on {}; admin on {}", getpid(),
              node->state_.pools.size(),
              absl::StrJoin(node->grpc_addresses_, ", "),
@@ -204,9 +228,14 @@ absl::Status Node::StartGrpc() {
   grpc::ServerBuilder builder;
   std::vector<int> ports(config_.listen.size(), 0);
   for (size_t i = 0; i < config_.listen.size(); ++i) {
-    RemoveStaleSocket(config_.listen[i]);
+    if (absl::Status s = ClaimUnixSocket(config_.listen[i]); !s.ok()) {
+      return s;
+    }
     builder.AddListeningPort(config_.listen[i], *credentials, &ports[i]);
   }
+  // gRPC sets SO_REUSEPORT by default, which lets a second node bind the
+  // same port and take half of the first one's connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.RegisterService(service_.get());
@@ -314,8 +343,13 @@ void Node::Drain() {
     if (server_) {
       server_->GetHealthCheckService()->SetServingStatus(false);
     }
-    Log().info("node {} draining: up to {} for calls in flight", getpid(),
-               absl::FormatDuration(config_.drain_timeout));
+    if (serving_) {
+      Log().info("node {} draining: up to {} for calls in flight", getpid(),
+                 absl::FormatDuration(config_.drain_timeout));
+    }
+    if (!config_.ready_file.empty() && serving_) {
+      ::unlink(config_.ready_file.c_str());
+    }
 
     if (state_.sessions) {
       state_.sessions->RemoveDeleteListener(session_listener_);
@@ -342,7 +376,9 @@ void Node::Drain() {
     if (admin_) {
       admin_->Stop();
     }
-    Log().info("node {} stopped", getpid());
+    if (serving_) {
+      Log().info("node {} stopped", getpid());
+    }
   });
 }
 

@@ -62,6 +62,7 @@ class Node {
   std::unique_ptr<admin::AdminServer> admin_;
   std::vector<std::string> grpc_addresses_;
   int session_listener_ = 0;
+  bool serving_ = false;  // set once Start has succeeded
   std::once_flag drain_once_;
 };
 

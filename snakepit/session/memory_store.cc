@@ -19,7 +19,8 @@ constexpr absl::Duration kMinTrimInterval = absl::Seconds(1);
 }  // namespace
 
 MemoryStore::MemoryStore(StoreConfig config)
-    : SessionStore(StoreKind::kMemory, std::move(config)) {
+    : SessionStore(StoreKind::kMemory, std::move(config)),
+      refresh_lag_us_(absl::ToInt64Microseconds(this->config().refresh_lag)) {
   sweeper_.Start(this->config().sweep_interval, [this] {
     bool backlog = Sweep();
     if (!backlog) {
@@ -67,7 +68,7 @@ MemoryStore::CreateAttempt MemoryStore::TryCreate(SessionRef fresh,
 
   auto it = shard.sessions.find(id);
   if (it != shard.sessions.end()) {
-    Entry& entry = *it->second;
+    Entry& entry = it->second;
     if (!Expired(entry, now_us)) {
       if (strict) {
         attempt.result = internal::SessionExists(id);
@@ -102,13 +103,12 @@ absl::StatusOr<SessionRef> MemoryStore::Get(std::string_view id) {
   {
     absl::ReaderMutexLock lock(&shard.mu);
     auto it = shard.sessions.find(ToAbsl(id));
-    if (it == shard.sessions.end() || Expired(*it->second, now_us)) {
+    if (it == shard.sessions.end() || Expired(it->second, now_us)) {
       return internal::SessionNotFound(id);
     }
-    Entry& entry = *it->second;
+    Entry& entry = it->second;
     Touch(entry, now_us);
-    const int64_t shown_us = absl::ToUnixMicros(entry.record->last_used);
-    if (now_us - shown_us < absl::ToInt64Microseconds(config().refresh_lag)) {
+    if (now_us - entry.shown_last_used_us < refresh_lag_us_) {
       return entry.record;
     }
   }
@@ -122,15 +122,15 @@ absl::StatusOr<SessionRef> MemoryStore::PublishRefresh(std::string_view id) {
   Shard& shard = ShardFor(id);
   absl::WriterMutexLock lock(&shard.mu);
   auto it = shard.sessions.find(ToAbsl(id));
-  if (it == shard.sessions.end() || Expired(*it->second, now_us)) {
+  if (it == shard.sessions.end() || Expired(it->second, now_us)) {
     return internal::SessionNotFound(id);
   }
-  Entry& entry = *it->second;
-  absl::Time last_used = absl::FromUnixMicros(entry.last_used_us.load());
-  if (entry.record->last_used < last_used) {
+  Entry& entry = it->second;
+  const int64_t last_used_us = entry.last_used_us.load();
+  if (entry.shown_last_used_us < last_used_us) {
     auto copy = std::make_shared<SessionRecord>(*entry.record);
-    copy->last_used = last_used;
-    entry.record = std::move(copy);
+    copy->last_used = absl::FromUnixMicros(last_used_us);
+    Publish(entry, std::move(copy));
   }
   return entry.record;
 }
@@ -143,7 +143,7 @@ absl::StatusOr<bool> MemoryStore::Exists(std::string_view id) {
   Shard& shard = ShardFor(id);
   absl::ReaderMutexLock lock(&shard.mu);
   auto it = shard.sessions.find(ToAbsl(id));
-  return it != shard.sessions.end() && !Expired(*it->second, now_us);
+  return it != shard.sessions.end() && !Expired(it->second, now_us);
 }
 
 absl::StatusOr<SessionRef> MemoryStore::CompareAndSwap(
@@ -158,10 +158,10 @@ absl::StatusOr<SessionRef> MemoryStore::CompareAndSwap(
   absl::WriterMutexLock lock(&shard.mu);
 
   auto it = shard.sessions.find(ToAbsl(id));
-  if (it == shard.sessions.end() || Expired(*it->second, now_us)) {
+  if (it == shard.sessions.end() || Expired(it->second, now_us)) {
     return internal::SessionNotFound(id);
   }
-  Entry& entry = *it->second;
+  Entry& entry = it->second;
   if (entry.record->version != expected_version) {
     return internal::SessionConflict(id, entry.record->version,
                                      expected_version);
@@ -169,8 +169,7 @@ absl::StatusOr<SessionRef> MemoryStore::CompareAndSwap(
   record.version = expected_version + 1;
   record.created = entry.record->created;
   record.last_used = absl::FromUnixMicros(now_us);
-  entry.record = std::make_shared<const SessionRecord>(std::move(record));
-  entry.ttl_us = absl::ToInt64Microseconds(entry.record->ttl);
+  Publish(entry, std::make_shared<const SessionRecord>(std::move(record)));
   Touch(entry, now_us);
   Reindex(shard, it->first, entry);
   return entry.record;
@@ -189,7 +188,7 @@ absl::StatusOr<bool> MemoryStore::Delete(std::string_view id) {
     if (it == shard.sessions.end()) {
       return false;
     }
-    expired = Expired(*it->second, now_us);
+    expired = Expired(it->second, now_us);
     Remove(shard, it);
   }
   // An expired session was already gone for callers; it leaves as expired.
@@ -205,10 +204,11 @@ std::vector<std::pair<std::string, SessionRef>> MemoryStore::Collect(
   for (Shard& shard : shards_) {
     absl::ReaderMutexLock lock(&shard.mu);
     size_t taken = 0;
-    for (auto it = shard.sessions.upper_bound(page.start_after);
-         it != shard.sessions.end() && taken <= limit; ++it) {
-      if (!Expired(*it->second, now_us)) {
-        found.emplace_back(it->first, it->second->record);
+    for (auto it = shard.ordered.upper_bound(page.start_after);
+         it != shard.ordered.end() && taken <= limit; ++it) {
+      const Entry& entry = shard.sessions.find(ToAbsl(*it))->second;
+      if (!Expired(entry, now_us)) {
+        found.emplace_back(*it, entry.record);
         ++taken;
       }
     }
@@ -266,7 +266,7 @@ absl::Status MemoryStore::Restore(const SessionRecord& record) {
   {
     absl::WriterMutexLock lock(&shard.mu);
     auto it = shard.sessions.find(record.id);
-    if (it != shard.sessions.end() && !Expired(*it->second, now_us)) {
+    if (it != shard.sessions.end() && !Expired(it->second, now_us)) {
       return internal::SessionExists(record.id);
     }
     if (it != shard.sessions.end()) {
@@ -321,24 +321,26 @@ bool MemoryStore::ReserveSlot() {
 }
 
 void MemoryStore::Insert(Shard& shard, SessionRef record) {
-  auto entry = std::make_unique<Entry>();
-  entry->ttl_us = absl::ToInt64Microseconds(record->ttl);
-  entry->last_used_us = absl::ToUnixMicros(record->last_used);
-  entry->deadline_key_us = entry->last_used_us + entry->ttl_us;
-  entry->record = std::move(record);
-  const std::string& id = entry->record->id;
-  shard.deadlines.emplace(entry->deadline_key_us, id);
-  shard.sessions.emplace(id, std::move(entry));
+  auto [it, inserted] = shard.sessions.try_emplace(record->id);
+  Entry& entry = it->second;
+  Publish(entry, std::move(record));
+  entry.last_used_us = entry.shown_last_used_us;
+  entry.deadline_key_us = entry.last_used_us + entry.ttl_us;
+  std::string_view id = it->first;
+  shard.ordered.insert(id);
+  shard.deadlines.emplace(entry.deadline_key_us, id);
 }
 
 void MemoryStore::Remove(Shard& shard, Iterator it) {
-  shard.deadlines.erase({it->second->deadline_key_us, it->first});
+  std::string_view id = it->first;
+  shard.deadlines.erase({it->second.deadline_key_us, id});
+  shard.ordered.erase(id);
   shard.sessions.erase(it);
   count_.fetch_sub(1);
   removed_since_trim_.fetch_add(1, std::memory_order_relaxed);
 }
 
-void MemoryStore::Reindex(Shard& shard, const std::string& id, Entry& entry) {
+void MemoryStore::Reindex(Shard& shard, std::string_view id, Entry& entry) {
   int64_t deadline_us = entry.last_used_us.load() + entry.ttl_us;
   if (deadline_us == entry.deadline_key_us) {
     return;
@@ -346,6 +348,12 @@ void MemoryStore::Reindex(Shard& shard, const std::string& id, Entry& entry) {
   shard.deadlines.erase({entry.deadline_key_us, id});
   shard.deadlines.emplace(deadline_us, id);
   entry.deadline_key_us = deadline_us;
+}
+
+void MemoryStore::Publish(Entry& entry, SessionRef record) {
+  entry.shown_last_used_us = absl::ToUnixMicros(record->last_used);
+  entry.ttl_us = absl::ToInt64Microseconds(record->ttl);
+  entry.record = std::move(record);
 }
 
 bool MemoryStore::Sweep() {
@@ -395,10 +403,10 @@ bool MemoryStore::SweepShard(Shard& shard, int64_t now_us, size_t& budget,
       return true;
     }
     --budget;
-    auto it = shard.sessions.find(shard.deadlines.begin()->second);
-    Entry& entry = *it->second;
+    auto it = shard.sessions.find(ToAbsl(shard.deadlines.begin()->second));
+    Entry& entry = it->second;
     if (Expired(entry, now_us)) {
-      expired.push_back(it->first);
+      expired.emplace_back(it->first);
       Remove(shard, it);
     } else {
       Reindex(shard, it->first, entry);

@@ -1,10 +1,10 @@
 // The default session store: everything in this process's memory.
 //
 // Sessions live in 64 shards chosen by a hash of the id, each with its own
-// reader-writer lock, so there is no global lock. Get takes only its
-// shard's reader lock: it hands out the shared snapshot and records the
-// refresh in an atomic. Writes copy the record, edit the copy and publish
-// it under the shard's writer lock.
+// reader-writer lock and hash map, so there is no global lock. Get takes
+// only its shard's reader lock: it hands out the shared snapshot and
+// records the refresh in an atomic. Writes copy the record, edit the copy
+// and publish it under the shard's writer lock.
 //
 // Expiry: each shard keeps its sessions ordered by the deadline they had
 // when last written. The reaper pops due deadlines; a session refreshed
@@ -28,8 +28,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
 
 #include "snakepit/session/internal/sweeper.h"
@@ -38,7 +38,8 @@
 namespace snakepit {
 
 // Thread-safe. Destroying the store drops its sessions without calling
-// the delete listeners.
+// the delete listeners. TODO(#4): a write copies the whole record,
+// programs included; share immutable program bytes between versions.
 class MemoryStore final : public SessionStore {
  public:
   // Starts the reaper thread (none with an infinite sweep_interval).
@@ -63,11 +64,14 @@ class MemoryStore final : public SessionStore {
   // Most expiry checks made under one hold of a shard's writer lock.
   static constexpr size_t kMaxChecksPerLock = 512;
 
-  // One session. `record`, `ttl_us` and `deadline_key_us` change only
-  // under the shard's writer lock; `last_used_us` is raised by Get under
-  // the reader lock, so it is atomic.
+  // One session. All but `last_used_us` change only under the shard's
+  // writer lock; Get raises `last_used_us` under the reader lock, so it is
+  // atomic. Get reads only this struct and the snapshot's refcount, so
+  // the hot path touches few cache lines.
   struct Entry {
     SessionRef record;
+    // record->last_used and record->ttl, copied here for Get.
+    int64_t shown_last_used_us = 0;
     int64_t ttl_us = 0;
     std::atomic<int64_t> last_used_us{0};
     // This entry's key in Shard::deadlines: a deadline it had, never
@@ -75,17 +79,18 @@ class MemoryStore final : public SessionStore {
     int64_t deadline_key_us = 0;
   };
 
-  // Aligned so that two shards' locks never share a cache line.
+  // Aligned so that two shards' locks never share a cache line. The
+  // indexes hold views of the map's keys, which stay put (node map).
   struct alignas(64) Shard {
     mutable absl::Mutex mu;
-    absl::btree_map<std::string, std::unique_ptr<Entry>> sessions
-        ABSL_GUARDED_BY(mu);
-    absl::btree_set<std::pair<int64_t, std::string>> deadlines
+    absl::node_hash_map<std::string, Entry> sessions ABSL_GUARDED_BY(mu);
+    // Ids in byte order, for List and Scan.
+    absl::btree_set<std::string_view> ordered ABSL_GUARDED_BY(mu);
+    absl::btree_set<std::pair<int64_t, std::string_view>> deadlines
         ABSL_GUARDED_BY(mu);
   };
 
-  using Iterator =
-      absl::btree_map<std::string, std::unique_ptr<Entry>>::iterator;
+  using Iterator = absl::node_hash_map<std::string, Entry>::iterator;
 
   // What one attempt at Create did, so that listeners run after unlock.
   struct CreateAttempt {
@@ -105,8 +110,10 @@ class MemoryStore final : public SessionStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void Remove(Shard& shard, Iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
-  void Reindex(Shard& shard, const std::string& id, Entry& entry)
+  void Reindex(Shard& shard, std::string_view id, Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  // Makes `record` the entry's snapshot.
+  static void Publish(Entry& entry, SessionRef record);
 
   // Up to limit + 1 live sessions after `page.start_after`, by id.
   std::vector<std::pair<std::string, SessionRef>> Collect(
@@ -122,6 +129,9 @@ class MemoryStore final : public SessionStore {
   // with more due.
   bool SweepShard(Shard& shard, int64_t now_us, size_t& budget,
                   std::vector<std::string>& expired);
+
+  // Fixed at construction.
+  const int64_t refresh_lag_us_;
 
   std::array<Shard, kShardCount> shards_;
   // Sessions held, expired ones not yet removed included.

@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -15,9 +16,19 @@
 namespace snakepit {
 namespace {
 
+// [A-Za-z0-9._:-] as a table: ids are checked on every store call.
+constexpr std::array<bool, 256> kIdChars = [] {
+  std::array<bool, 256> table{};
+  for (unsigned char c = 0; c < 128; ++c) {
+    table[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+               (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' ||
+               c == '-';
+  }
+  return table;
+}();
+
 bool IsIdChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
+  return kIdChars[static_cast<unsigned char>(c)];
 }
 
 // Empty when `id` follows the id rule, else what is wrong with it.
@@ -40,6 +51,8 @@ std::string IdProblem(std::string_view id) {
 }  // namespace
 
 std::string NewSessionId() {
+  // TODO(#4): move the getrandom call behind os/, with the other
+  // syscalls.
   uint8_t raw[16];
   // getrandom never returns short for 16 bytes once the pool is ready and
   // blocks until then. Anything else means the kernel cannot give us

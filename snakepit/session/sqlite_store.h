@@ -32,7 +32,9 @@
 
 namespace snakepit {
 
-// Thread-safe; one connection serialises all calls.
+// Thread-safe; one connection serialises all calls. TODO(#4): reads wait
+// behind a write's fsync; a pool of read connections would need the -shm
+// WAL index and so give up the exclusive lock.
 class SqliteStore final : public SessionStore {
  public:
   // Opens or creates config.path and starts the reaper.

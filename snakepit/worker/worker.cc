@@ -72,16 +72,27 @@ absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured) {
   if (const char* env = std::getenv("SNAKEPIT_RUNTIME_DIR"); env && *env) {
     candidates.push_back(env);
   }
-  candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
+  // An installed program finds the runtime of its own prefix, wherever
+  // the prefix was put; a program in the build tree, the source tree.
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(
+        (exe.parent_path().parent_path() / "share/snakepit/python").string());
+  }
   candidates.push_back(SNAKEPIT_SOURCE_RUNTIME_DIR);
+  candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
   for (const std::string& dir : candidates) {
     if (HasRuntime(dir)) {
       return dir;
     }
   }
-  return absl::NotFoundError(absl::StrCat(
-      "snakepit Python runtime not found in ", absl::StrJoin(candidates, ", "),
-      "; set SNAKEPIT_RUNTIME_DIR"));
+  return MakeError(
+      absl::StatusCode::kFailedPrecondition, "runtime_not_found",
+      absl::StrCat("snakepit Python runtime not found in ",
+                   absl::StrJoin(candidates, ", "),
+                   "; set SNAKEPIT_RUNTIME_DIR or PoolOptions::runtime_dir "
+                   "to the folder that holds snakepit/_worker.py"));
 }
 
 std::vector<std::string> WorkerArgv(const WorkerSpec& spec) {
@@ -118,6 +129,9 @@ std::vector<std::string> WorkerEnv(const WorkerSpec& spec) {
                    ? spec.runtime_dir
                    : absl::StrCat(spec.runtime_dir, ":", pythonpath);
   env["SNAKEPIT_HOST_PID"] = std::to_string(::getpid());
+  // The node's secrets are not the workers' business: user code and the
+  // processes it starts must not read the bearer token.
+  env.erase("SNAKEPIT_TOKEN");
 
   std::vector<std::string> out;
   out.reserve(env.size());
