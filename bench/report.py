@@ -80,7 +80,8 @@ def write(meta: dict, rounds: dict, json_path: str, md_path: str) -> None:
     targets = report_text.targets(rounds, summary)
     if json_path:
         with open(json_path, "w") as f:
-            # One line: a result is read by programs, and half the size.
+            # Compact: programs read it (bench/compare), and it is half
+            # the size of an indented file.
             json.dump({**meta, "summary": summary, "targets": targets,
                        "raw": rounds}, f, separators=(",", ":"))
     out_dir = os.path.dirname(os.path.abspath(md_path))

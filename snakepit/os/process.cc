@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -147,6 +148,21 @@ void SignalGroup(pid_t pgid, int signal) {
   if (pgid > 0) {
     ::kill(-pgid, signal);
   }
+}
+
+absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid) {
+  std::string path = absl::StrCat("/proc/", pid, "/statm");
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) {
+    return ErrnoToStatus(errno, path);
+  }
+  unsigned long long size = 0, resident = 0;
+  int n = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  if (n != 2) {
+    return absl::InternalError(absl::StrCat("cannot parse ", path));
+  }
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
 void IgnoreSigpipe() { ::signal(SIGPIPE, SIG_IGN); }

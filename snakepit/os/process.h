@@ -60,6 +60,9 @@ bool AwaitExit(int pidfd, absl::Duration timeout);
 // (the group is already empty) are ignored.
 void SignalGroup(pid_t pgid, int signal);
 
+// The resident set size of process `pid`, from /proc.
+absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid);
+
 // Makes the host immune to SIGPIPE, so that writing to a worker that has
 // just died is an EPIPE error, never the end of the host. Idempotent.
 void IgnoreSigpipe();

@@ -56,6 +56,23 @@ struct PoolOptions {
   // How long a worker may take to stop a cancelled or timed-out call
   // before its process group is killed and it is replaced.
   absl::Duration cancel_grace = absl::Seconds(2);
+
+  // Recycling: a worker is replaced after its current call once it has
+  // served this many calls (0: no limit), lived this long, or grown past
+  // this resident memory (0: no limit). One worker at a time is recycled;
+  // its replacement is started as it retires. A worker that is over the
+  // memory limit from its start is reported once, not recycled forever.
+  uint64_t max_calls_per_worker = 0;
+  absl::Duration max_worker_age = absl::InfiniteDuration();
+  uint64_t max_worker_rss_bytes = 0;
+
+  // Liveness: an idle worker is pinged this often on its control socket
+  // and replaced if it does not answer within liveness_timeout (it is
+  // stopped or wedged). Busy workers are judged by their calls'
+  // deadlines, never by pings: a long call is slow, not dead.
+  absl::Duration liveness_interval = absl::Seconds(5);
+  absl::Duration liveness_timeout = absl::Seconds(5);
+
   // Where the snakepit Python runtime lives. Empty: found automatically.
   std::string runtime_dir;
   // Serves ctx.session; calls with a session fail FAILED_PRECONDITION
@@ -95,6 +112,9 @@ struct PoolStats {
   int starting = 0;
   size_t queued = 0;
   uint64_t restarts = 0;  // workers replaced since start
+  // Replacements by cause: crash, start_failure, recycle_calls,
+  // recycle_age, recycle_memory, unresponsive, hung_call, protocol_error.
+  std::map<std::string, uint64_t> restarts_by_reason;
 };
 
 namespace internal {

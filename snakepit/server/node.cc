@@ -321,9 +321,7 @@ std::vector<admin::PoolGauges> Node::Gauges() const {
     g.workers_by_state = {{"starting", stats.starting},
                           {"idle", stats.ready - stats.busy},
                           {"busy", stats.busy}};
-    // TODO(#5): restarts by cause (crash, recycle, hang) once the pool
-    // records causes; every restart is an exit for now.
-    g.restarts_by_reason = {{"exit", stats.restarts}};
+    g.restarts_by_reason = stats.restarts_by_reason;
     gauges.push_back(std::move(g));
   }
   return gauges;

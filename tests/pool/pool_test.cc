@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -430,6 +431,87 @@ TEST(PoolTest, DeepNestingFailsCleanlyBothWays) {
   r = pool->Invoke("faults.deep", {{"levels", 100000}});
   EXPECT_EQ(ReasonOf(r.status()), "payload_too_deep") << r.status();
   EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 9}}), 9);
+}
+
+TEST(PoolLifecycleTest, RecyclingByCallsLosesNoCall) {
+  PoolOptions options;
+  options.max_calls_per_worker = 5;
+  auto pool = StartPool(2, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  std::vector<Call> calls;
+  for (int i = 0; i < 100; ++i) {
+    calls.push_back(pool->Submit("faults.sleep", {{"seconds", 0.01}}));
+  }
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<Value> r = calls[i].Get();
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status();
+  }
+  EXPECT_TRUE(AwaitFullSize(*pool, 2));
+  absl::SleepFor(absl::Milliseconds(200));  // the last retiree's exit
+  PoolStats stats = pool->Stats();
+  // One worker retires at a time, so fewer than 100 / 5 recycles.
+  EXPECT_GE(stats.restarts_by_reason["recycle_calls"], 3u);
+  EXPECT_EQ(stats.restarts_by_reason.count("crash"), 0u);
+}
+
+TEST(PoolLifecycleTest, RecyclingByMemoryReplacesALeakyWorker) {
+  PoolOptions options;
+  options.max_worker_rss_bytes = 200u << 20;
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  std::set<int> pids;
+  for (int i = 0; i < 8; ++i) {
+    absl::StatusOr<Value> r = pool->Invoke("faults.leak", {{"mb", 50}},
+                                           {absl::Seconds(30)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    pids.insert(r->get<int>());
+  }
+  EXPECT_GE(pids.size(), 2u);
+  EXPECT_GE(pool->Stats().restarts_by_reason["recycle_memory"], 1u);
+}
+
+TEST(PoolLifecycleTest, AWorkerOverTheMemoryLimitFromBirthIsNotChurned) {
+  PoolOptions options;
+  options.max_worker_rss_bytes = 1u << 20;  // below any Python's size
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  int pid = pool->Invoke("faults.pid", nullptr)->get<int>();
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(*pool->Invoke("faults.pid", nullptr), pid);
+  }
+  EXPECT_EQ(pool->Stats().restarts, 0u);
+}
+
+TEST(PoolLifecycleTest, AStoppedIdleWorkerIsReplaced) {
+  PoolOptions options;
+  options.liveness_interval = absl::Milliseconds(200);
+  options.liveness_timeout = absl::Milliseconds(300);
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  int pid = pool->Invoke("faults.pid", nullptr)->get<int>();
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  absl::Time limit = absl::Now() + absl::Seconds(5);
+  while (pool->Stats().restarts == 0 && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(pool->Stats().restarts_by_reason["unresponsive"], 1u);
+  absl::StatusOr<Value> after = pool->Invoke("faults.pid", nullptr,
+                                             {absl::Seconds(10)});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_NE(after->get<int>(), pid);
+  EXPECT_NE(kill(pid, 0), 0) << "the stopped worker was not reaped";
+}
+
+TEST(PoolLifecycleTest, ALongCallHoldingTheGilIsSlowNotDead) {
+  PoolOptions options;
+  options.liveness_interval = absl::Milliseconds(100);
+  options.liveness_timeout = absl::Milliseconds(200);
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.spin", {{"seconds", 3}},
+                                         {absl::Seconds(30)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(pool->Stats().restarts, 0u);
 }
 
 // Behaviour that must not depend on the interpreter or on whether the

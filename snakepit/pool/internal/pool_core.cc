@@ -509,6 +509,9 @@ int PoolCore::NextTimeoutMs() {
         next = std::min(next, w->call->deadline);
       }
       next = std::min({next, w->kill_at, w->ready_deadline});
+      if (w->state == WorkerState::kIdle) {
+        next = std::min({next, w->next_ping, w->pong_due});
+      }
     }
     if (missing_ > 0) {
       next = std::min(next, respawn_at_);
@@ -712,8 +715,11 @@ void PoolCore::ReadControl(Worker& w) {
   bool eof = false;
   absl::Status status =
       w.control_reader.ReadFrom(w.process->control_fd(), &eof);
-  // PONG is the only frame a worker sends here; liveness checks that use
-  // it are not built yet. TODO(#5): ping idle workers and act on silence.
+  // PONG is the only frame a worker sends here: the worker is alive.
+  if (!w.control_reader.frames().empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    w.pong_due = absl::InfiniteFuture();
+  }
   w.control_reader.frames().clear();
   if (!status.ok() || eof) {
     Unwatch(w.process->control_fd());
@@ -811,6 +817,9 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
     }
     w->ready_deadline = absl::InfiniteFuture();
     start_failures_in_row_ = 0;
+    absl::StatusOr<uint64_t> rss = os::ReadRssBytes(w->pid);
+    w->rss_at_ready = rss.ok() ? *rss : 0;
+    w->next_ping = absl::Now() + options_.liveness_interval;
     if (!closed_) {
       DispatchQueuedLocked(w, deferred, &to_send);
     } else {
@@ -844,17 +853,70 @@ void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
     w->call = nullptr;
     w->running_id = 0;
     w->kill_at = absl::InfiniteFuture();
-    if (!closed_) {
+    ++w->calls_served;
+    std::string recycle = closed_ ? "" : RecycleReasonLocked(*w);
+    if (!recycle.empty()) {
+      RetireLocked(*w, recycle);
+    } else if (!closed_) {
       DispatchQueuedLocked(w, deferred, &to_send);
     } else {
       w->state = WorkerState::kIdle;
     }
+    w->next_ping = absl::Now() + options_.liveness_interval;
+    w->pong_due = absl::InfiniteFuture();
     changed_.notify_all();
   }
   FlushSessionEnds(w);
   if (to_send) {
     SendCall(w, to_send);
   }
+}
+
+std::string PoolCore::RecycleReasonLocked(Worker& w) {
+  for (const auto& [serial, other] : workers_) {
+    if (other->retiring) {
+      return "";  // one at a time: the pool never loses two at once
+    }
+  }
+  if (options_.max_calls_per_worker > 0 &&
+      w.calls_served >= options_.max_calls_per_worker) {
+    return "recycle_calls";
+  }
+  if (absl::Now() - w.started >= options_.max_worker_age) {
+    return "recycle_age";
+  }
+  if (options_.max_worker_rss_bytes > 0) {
+    absl::StatusOr<uint64_t> rss = os::ReadRssBytes(w.pid);
+    if (rss.ok() && *rss > options_.max_worker_rss_bytes) {
+      if (w.rss_at_ready > options_.max_worker_rss_bytes) {
+        // A fresh worker is already over the limit: recycling would only
+        // churn. Say so once per worker and let it serve.
+        if (memory_reported_.insert(w.serial).second) {
+          Log().warn("pool {} worker {} starts above the memory limit ({} "
+                     "bytes at ready, limit {}); not recycling it",
+                     options_.name, w.pid, w.rss_at_ready,
+                     options_.max_worker_rss_bytes);
+        }
+        return "";
+      }
+      return "recycle_memory";
+    }
+  }
+  return "";
+}
+
+void PoolCore::RetireLocked(Worker& w, const std::string& reason) {
+  w.retiring = true;
+  w.exit_reason = reason;
+  w.state = WorkerState::kStopping;
+  w.kill_at = absl::Now() + options_.cancel_grace + absl::Seconds(5);
+  // The replacement starts now, while this one exits.
+  ++missing_;
+  respawn_at_ = std::min(respawn_at_, absl::Now());
+  (void)w.process->Send(FrameType::kGoodbye, 0, "", "",
+                        absl::Now() + absl::Seconds(1));
+  Log().debug("pool {} worker {} recycled ({}) after {} calls",
+              options_.name, w.pid, reason, w.calls_served);
 }
 
 void PoolCore::HandleLog(Worker& w, const protocol::Frame& frame) {
@@ -1023,6 +1085,7 @@ void PoolCore::KillBroken(Worker& w, absl::Status why, Deferred* deferred) {
   if (w.state == WorkerState::kStarting && w.fatal.ok()) {
     w.fatal = why;
   }
+  w.exit_reason = "protocol_error";
   w.process->SignalGroup(SIGKILL);
 }
 
@@ -1134,14 +1197,21 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
     ++start_failures_in_row_;
     Log().error("pool {} worker {} failed to start: {}", options_.name,
                 w->pid, std::string(failure.message()));
-  } else if (!closed_) {
+  } else if (!closed_ && !w->retiring) {
     Log().warn("pool {} worker {} {}", options_.name, w->pid, how);
   }
   workers_.erase(w->serial);
+  memory_reported_.erase(w->serial);
   if (!closed_) {
-    ++missing_;
+    std::string why = !w->exit_reason.empty() ? w->exit_reason
+                      : was == WorkerState::kStarting ? "start_failure"
+                                                      : "crash";
+    ++restarts_by_reason_[why];
     ++restarts_;
-    ScheduleRespawnLocked();
+    if (!w->retiring) {  // a retiring worker's replacement is on its way
+      ++missing_;
+      ScheduleRespawnLocked();
+    }
   }
   changed_.notify_all();
 }
@@ -1219,6 +1289,7 @@ void PoolCore::ExpireLocked(absl::Time now, Deferred* deferred) {
     }
     if (w->ready_deadline <= now) {
       w->ready_deadline = absl::InfiniteFuture();
+      w->exit_reason = "start_failure";
       w->fatal = ReasonError(
           reason::kWorkerStartFailed,
           absl::StrCat("worker ", w->pid, " was not ready within ",
@@ -1228,10 +1299,38 @@ void PoolCore::ExpireLocked(absl::Time now, Deferred* deferred) {
     }
     if (w->kill_at <= now) {
       w->kill_at = absl::InfiniteFuture();
+      if (w->exit_reason.empty()) {
+        w->exit_reason = "hung_call";
+      }
       Log().warn("pool {} worker {} did not stop within {}; killing it",
                  options_.name, w->pid, ShortDuration(options_.cancel_grace));
       w->process->SignalGroup(SIGKILL);
     }
+    CheckLivenessLocked(*w, now);
+  }
+}
+
+void PoolCore::CheckLivenessLocked(Worker& w, absl::Time now) {
+  if (w.state != WorkerState::kIdle) {
+    return;
+  }
+  if (w.pong_due <= now) {
+    w.pong_due = absl::InfiniteFuture();
+    w.exit_reason = "unresponsive";
+    Log().warn("pool {} worker {} did not answer a ping within {} while "
+               "idle; replacing it",
+               options_.name, w.pid, ShortDuration(options_.liveness_timeout));
+    w.process->SignalGroup(SIGKILL);
+    return;
+  }
+  if (w.next_ping <= now && w.pong_due == absl::InfiniteFuture()) {
+    w.next_ping = now + options_.liveness_interval;
+    w.pong_due = now + options_.liveness_timeout;
+    (void)w.process->SendControl(FrameType::kPing, ++ping_seq_);
+  }
+  if (now - w.started >= options_.max_worker_age &&
+      RecycleReasonLocked(w) == "recycle_age") {
+    RetireLocked(w, "recycle_age");
   }
 }
 
@@ -1344,6 +1443,7 @@ PoolStats PoolCore::Stats() const {
   }
   stats.queued = queue_.size();
   stats.restarts = restarts_;
+  stats.restarts_by_reason = restarts_by_reason_;
   return stats;
 }
 

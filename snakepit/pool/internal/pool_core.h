@@ -83,6 +83,14 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     uint64_t running_id = 0;          // id whose final frame is awaited
     absl::Time kill_at = absl::InfiniteFuture();
     absl::Status fatal;               // what a FATAL frame said
+    absl::Time started = absl::Now();
+    uint64_t calls_served = 0;
+    uint64_t rss_at_ready = 0;
+    // Why the pool is ending this worker; empty: it was not (a crash).
+    std::string exit_reason;
+    bool retiring = false;            // recycled: GOODBYE sent
+    absl::Time next_ping = absl::InfiniteFuture();
+    absl::Time pong_due = absl::InfiniteFuture();
     // Whoever reads the channel holds this: the I/O thread or a thread
     // in Drive. Frames are read by one thread at a time, in order.
     bool reader_busy = false;
@@ -169,8 +177,14 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void HandleSessionOp(Worker& w, const protocol::Frame& frame);
   void FlushSessionEnds(const std::shared_ptr<Worker>& w);
 
+  // Recycling. REQUIRES: mu_ held. Returns the reason to retire `w`
+  // after the call it just finished, or "".
+  std::string RecycleReasonLocked(Worker& w);
+  void RetireLocked(Worker& w, const std::string& reason);
+
   // Deadlines and timers. REQUIRES: mu_ held.
   void ExpireLocked(absl::Time now, Deferred* deferred);
+  void CheckLivenessLocked(Worker& w, absl::Time now);
   absl::Status QueueDeadlineError(const CallState& call) const;
 
   std::shared_ptr<Worker> Find(uint32_t serial);
@@ -199,6 +213,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::vector<uint32_t> recheck_;                        // guarded by mu_
   // Session id → serial of the worker that served it last.
   std::unordered_map<std::string, uint32_t> affinity_;   // guarded by mu_
+  std::map<std::string, uint64_t> restarts_by_reason_;   // guarded by mu_
+  std::set<uint32_t> memory_reported_;                   // guarded by mu_
+  uint64_t ping_seq_ = 0;                                // guarded by mu_
 
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> next_wake_ns_{0};  // when the loop will wake
