@@ -682,19 +682,29 @@ def _line_buffer_c_stdout(libc: Any) -> None:
 
 
 def _arm_parent_death_signal(libc: Any) -> None:
-    """Asks Linux to SIGKILL us when the host dies (best effort).
+    """Asks Linux to signal us when the host dies (best effort).
 
-    The kernel tracks the host *thread* that spawned us; the host must
-    spawn from a thread that lives as long as the pool does.
+    The signal is a catchable one whose handler ends our whole process
+    group, children included; a SIGKILL here would end the worker alone
+    and orphan its children before it could reach them. (The control
+    thread also ends the group when the host's sockets close.) The kernel
+    tracks the host *thread* that spawned us; the host spawns from a
+    thread that lives as long as the pool.
     """
     try:
         import ctypes
+        signal.signal(_PARENT_DEATH_SIGNAL,
+                      lambda signum, frame: _exit_host_gone())
         pr_set_pdeathsig = 1
         libc.prctl(ctypes.c_int(pr_set_pdeathsig),
-                   ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                   ctypes.c_ulong(_PARENT_DEATH_SIGNAL), ctypes.c_ulong(0),
                    ctypes.c_ulong(0), ctypes.c_ulong(0))
     except Exception:
         pass
+
+
+# Sent by the kernel when the host dies; see _arm_parent_death_signal.
+_PARENT_DEATH_SIGNAL = signal.SIGUSR2
 
 
 def _exit_host_gone() -> NoReturn:

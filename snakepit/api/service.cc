@@ -247,7 +247,19 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
     std::unique_lock<std::mutex> lock(link_->mu);
     writing_ = false;
     if (!ok) {
-      return;  // the client is gone; OnCancel cancels the call
+      // The client is gone (or cancelled). Nothing more can be written,
+      // so the RPC ends now; the call is cancelled with it.
+      if (link_->finished) {
+        return;
+      }
+      link_->finished = true;
+      outbox_.clear();
+      snakepit::Call call = call_;
+      lock.unlock();
+      call.Cancel();
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                          "the client stopped reading"));
+      return;
     }
     outbox_.pop_front();
     Advance(lock);

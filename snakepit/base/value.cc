@@ -380,8 +380,10 @@ absl::Status ConvertMarkers(Value& root) {
       if (it.key() == "$float" && it->is_string()) {
         std::string f = it->get<std::string>();
         double inf = std::numeric_limits<double>::infinity();
-        *node = f == "nan" ? std::nan("") : (f == "inf" ? inf : -inf);
-        continue;
+        if (f == "nan" || f == "inf" || f == "-inf") {
+          *node = f == "nan" ? std::nan("") : (f == "inf" ? inf : -inf);
+          continue;
+        }
       }
     }
     if (node->is_structured()) {

@@ -80,8 +80,10 @@ absl::StatusOr<std::unique_ptr<Pool>> StartPool(
   return Pool::Start(std::move(options));
 }
 
-absl::StatusOr<std::unique_ptr<Client>> ConnectClient(const PoolFlags& f) {
+absl::StatusOr<std::unique_ptr<Client>> ConnectClient(
+    const PoolFlags& f, absl::Duration timeout = absl::InfiniteDuration()) {
   ClientOptions options;
+  options.connect_timeout = std::min(options.connect_timeout, timeout);
   options.address = f.addr;
   options.token = f.token;
   options.tls_ca_file = f.tls_ca;
@@ -176,13 +178,20 @@ void PrintTable(const Value& value) {
   }
 }
 
-void PrintValue(const Value& value, const std::string& output, bool line) {
+// Prints `value`; false when stdout cannot take it (a closed pipe, a
+// full disk), so that a stream stops instead of running on unseen.
+bool PrintValue(const Value& value, const std::string& output, bool line) {
   if (output == "table") {
     PrintTable(value);
   } else {
     std::printf("%s\n", ToJson(value, line ? -1 : 2).c_str());
   }
-  std::fflush(stdout);
+  return std::fflush(stdout) == 0 && !std::ferror(stdout);
+}
+
+int OutputFailed() {
+  std::cerr << "error: output_failed: cannot write to stdout\n";
+  return kExitCallFailed;
 }
 
 int StreamCall(Call& call, const std::string& output) {
@@ -195,7 +204,10 @@ int StreamCall(Call& call, const std::string& output) {
     if (!chunk->has_value()) {
       return kExitOk;
     }
-    PrintValue(**chunk, output, true);
+    if (!PrintValue(**chunk, output, true)) {
+      call.Cancel();
+      return OutputFailed();
+    }
   }
 }
 
@@ -211,7 +223,8 @@ std::string FirstParagraph(const std::string& doc) {
 
 int RemoteCall(const PoolFlags& target, const CallFlags& flags,
                const Value& args, const std::string& output) {
-  absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      ConnectClient(target, flags.timeout);
   if (!client.ok()) {
     PrintError(client.status());
     return kExitPoolFailed;
@@ -221,13 +234,17 @@ int RemoteCall(const PoolFlags& target, const CallFlags& flags,
   options.session = flags.session;
   options.affinity = flags.affinity;
   if (flags.stream) {
+    bool printed = true;
     absl::Status s = (*client)->CallStream(
         flags.function, args,
         [&](const Value& chunk) {
-          PrintValue(chunk, output, true);
-          return true;
+          printed = PrintValue(chunk, output, true);
+          return printed;
         },
         options);
+    if (!printed) {
+      return OutputFailed();
+    }
     if (!s.ok()) {
       PrintError(s);
       return kExitCallFailed;
@@ -240,8 +257,7 @@ int RemoteCall(const PoolFlags& target, const CallFlags& flags,
     PrintError(result.status());
     return kExitCallFailed;
   }
-  PrintValue(*result, output, false);
-  return kExitOk;
+  return PrintValue(*result, output, false) ? kExitOk : OutputFailed();
 }
 
 }  // namespace
@@ -305,8 +321,7 @@ int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
     PrintError(result.status());
     return kExitCallFailed;
   }
-  PrintValue(*result, output, false);
-  return kExitOk;
+  return PrintValue(*result, output, false) ? kExitOk : OutputFailed();
 }
 
 int RunFnList(const PoolFlags& pool_flags, const std::string& format) {

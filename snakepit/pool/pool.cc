@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -79,7 +80,7 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Start(PoolOptions options) {
 Pool::Pool(std::shared_ptr<internal::PoolCore> core)
     : core_(std::move(core)) {}
 
-Pool::~Pool() { core_->Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
+Pool::~Pool() { Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
 
 Call Pool::Submit(std::string_view function, const Value& args,
                   const CallOptions& options) {
@@ -134,6 +135,15 @@ PoolStats Pool::Stats() const { return core_->Stats(); }
 void Pool::EndSession(const std::string& id) { core_->EndSession(id); }
 
 void Pool::Shutdown(absl::Duration drain, absl::Duration grace) {
+  if (core_->OnIoThread()) {
+    // Called from a completion callback, on the thread that Shutdown
+    // must join: hand the work to a thread of its own, which keeps the
+    // machinery alive until it is done.
+    std::thread([core = core_, drain, grace] {
+      core->Shutdown(drain, grace);
+    }).detach();
+    return;
+  }
   core_->Shutdown(drain, grace);
 }
 

@@ -188,6 +188,12 @@ class ServingTest(unittest.TestCase):
         self.assertTrue(os.path.exists(marker), "finally did not run")
         self.assertEqual(self.client.call("faults.add", {"a": 1}), 1)
 
+    def test_long_errors_keep_their_reason(self) -> None:
+        with self.assertRaises(python_client.SnakepitError) as caught:
+            self.client.call("faults.raise_long", {"n": 50000})
+        self.assertEqual(caught.exception.reason, "python_exception")
+        self.assertEqual(caught.exception.python_type, "ValueError")
+
     def test_cli_stream(self) -> None:
         r = cli("call", "faults.ticker", "--addr", self.node.addr, "-a",
                 "n=3", "-a", "interval=0", "--stream")
@@ -430,10 +436,26 @@ class ShutdownTest(unittest.TestCase):
             self.assertFalse(alive(pid), f"worker {pid} outlived the node")
         node.log.close()
 
+    def test_sigterm_after_a_cancelled_slow_stream(self) -> None:
+        node = Node(workers=2)
+        client = python_client.Client(node.addr)
+        marker = os.path.join(node.dir, "closed")
+        chunks = client.stream("faults.guarded_ticker",
+                               {"marker": marker, "interval": 0.01})
+        for _ in range(6):
+            next(chunks)
+        time.sleep(0.5)  # the node keeps producing; we do not read
+        chunks.close()
+        node.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(node.proc.wait(timeout=15), 0, node.logs())
+        node.log.close()
+
     def test_sigkill_of_the_node_ends_its_workers(self) -> None:
         node = Node(workers=3)
         pids = node.worker_pids()
         self.assertEqual(len(pids), 3)
+        client = python_client.Client(node.addr)
+        pids.append(client.call("faults.spawn_sleeper", timeout=10))
         node.proc.kill()
         node.proc.wait(timeout=10)
         deadline = time.monotonic() + 2

@@ -514,6 +514,45 @@ TEST(PoolLifecycleTest, ALongCallHoldingTheGilIsSlowNotDead) {
   EXPECT_EQ(pool->Stats().restarts, 0u);
 }
 
+TEST(PoolHostileTest, MalformedLogHeaderDoesNotHurtTheHost) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.log_weird_level", nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "logged");
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 1}}), 1);
+}
+
+TEST(PoolHostileTest, AFloodingWorkerDoesNotStallTheOthers) {
+  auto pool = StartPool(2);
+  ASSERT_TRUE(pool);
+  Call flood = pool->Submit("faults.flood_stdout", {{"seconds", 3}});
+  absl::SleepFor(absl::Milliseconds(200));
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> r = pool->Invoke("faults.add", {{"a", 2}});
+  EXPECT_LT(SecondsSince(start), 1.0);
+  EXPECT_EQ(*r, 2);
+  flood.Cancel();
+}
+
+TEST(PoolHostileTest, DestroyingThePoolInACallbackIsSafe) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::atomic<bool> ran{false};
+  Pool* raw = pool.release();
+  Call call = raw->Submit("faults.add", {{"a", 1}});
+  call.OnComplete([&](const absl::Status&) {
+    delete raw;  // on the pool's own thread
+    ran = true;
+  });
+  absl::Time limit = absl::Now() + absl::Seconds(10);
+  while (!ran && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(ran);
+  absl::SleepFor(absl::Milliseconds(500));  // the deferred shutdown
+}
+
 // Behaviour that must not depend on the interpreter or on whether the
 // msgpack package is installed: runs on Debian's python3 (with msgpack)
 // and on the first python3 in PATH (without it, on this project's

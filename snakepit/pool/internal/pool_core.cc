@@ -19,6 +19,7 @@ namespace {
 using protocol::FrameType;
 
 constexpr size_t kStderrTailBytes = 4096;
+constexpr int kMaxOutputReadsPerEvent = 16;  // 256 KiB
 constexpr size_t kMaxLogLine = 64 * 1024;
 
 // A worker that closed its channel but lives on is killed after this.
@@ -32,6 +33,16 @@ std::string StringField(const Value& header, const char* key) {
   auto it = header.find(key);
   return it != header.end() && it->is_string() ? it->get<std::string>()
                                                 : std::string();
+}
+
+// An integer field of a header; `fallback` when absent or not an
+// integer. Worker headers are untrusted: a wrong type is never fatal.
+int64_t IntField(const Value& header, const char* key, int64_t fallback) {
+  auto it = header.find(key);
+  if (it == header.end() || !it->is_number_integer()) {
+    return fallback;
+  }
+  return it->get<int64_t>();
 }
 
 // The status an ERROR or FATAL header describes.
@@ -728,11 +739,29 @@ void PoolCore::ReadControl(Worker& w) {
 
 void PoolCore::HandleFrame(const std::shared_ptr<Worker>& w,
                            protocol::Frame& frame, Deferred* deferred) {
+  // Headers come from an untrusted process; a value of an unexpected
+  // type in any of them is a protocol error of that worker, never the
+  // end of the host.
+  try {
+    HandleFrameUnchecked(w, frame, deferred);
+  } catch (const Value::exception& e) {
+    KillBroken(*w,
+               ReasonError(reason::kProtocolError,
+                           absl::StrCat("worker ", w->pid,
+                                        " sent a malformed header: ",
+                                        e.what())),
+               deferred);
+  }
+}
+
+void PoolCore::HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
+                                    protocol::Frame& frame,
+                                    Deferred* deferred) {
   switch (frame.type) {
     case FrameType::kHello: {
       absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
       if (!header.ok() ||
-          header->value("protocol", -1) != protocol::kProtocolVersion) {
+          IntField(*header, "protocol", -1) != protocol::kProtocolVersion) {
         KillBroken(*w,
                    ReasonError(reason::kProtocolError,
                                absl::StrCat("worker ", w->pid,
@@ -924,7 +953,7 @@ void PoolCore::HandleLog(Worker& w, const protocol::Frame& frame) {
   if (!header.ok()) {
     return;
   }
-  int level = header->value("level", 20);
+  int64_t level = IntField(*header, "level", 20);
   auto spd_level = level >= 40   ? spdlog::level::err
                    : level >= 30 ? spdlog::level::warn
                    : level >= 20 ? spdlog::level::info
@@ -1009,7 +1038,9 @@ void PoolCore::HandleSessionOp(Worker& w, const protocol::Frame& frame) {
     }
     if (status.ok()) {
       absl::StatusOr<uint64_t> written = options_.sessions->Write(
-          session, header->value("expected_version", uint64_t{0}), set,
+          session,
+          static_cast<uint64_t>(IntField(*header, "expected_version", 0)),
+          set,
           erase);
       status = written.status();
       version = written.ok() ? *written : 0;
@@ -1096,7 +1127,10 @@ void PoolCore::PumpOutput(Worker& w, bool is_stderr) {
   int fd = is_stderr ? w.process->stderr_fd() : w.process->stdout_fd();
   std::string& line = is_stderr ? w.err_line : w.out_line;
   char buf[16384];
-  while (true) {
+  // A worker that floods its output must not starve every other worker
+  // of this thread: read a bounded amount per event (the pipe is
+  // level-triggered, so the rest comes on the next turn of the loop).
+  for (int reads = 0; reads < kMaxOutputReadsPerEvent; ++reads) {
     ssize_t n = os::ReadSome(fd, buf, sizeof(buf));
     if (n > 0) {
       line.append(buf, static_cast<size_t>(n));
@@ -1151,12 +1185,13 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
     changed_.wait(lock, [&] { return !w->reader_busy; });
     w->reader_busy = true;
   }
+  // The zombie still holds the group id, so this cannot reach an
+  // unrelated group: it ends the worker's own children (one of which may
+  // be flooding the pipes below).
+  w->process->SignalGroup(SIGKILL);
   ReadChannel(w, deferred);
   PumpOutput(*w, false);
   PumpOutput(*w, true);
-  // The zombie still holds the group id, so this cannot reach an
-  // unrelated group: it ends the worker's own children.
-  w->process->SignalGroup(SIGKILL);
   absl::StatusOr<std::optional<os::ExitInfo>> exit =
       os::TryReap(w->process->pidfd());
   std::string how = exit.ok() && exit->has_value()

@@ -46,6 +46,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
            os::UniqueFd epoll);
   ~PoolCore();
 
+  // True on the pool's I/O thread (where completion callbacks run).
+  bool OnIoThread() const {
+    return std::this_thread::get_id() == io_thread_.get_id();
+  }
+
   // Spawns the workers, starts the I/O thread and waits for readiness.
   absl::Status Start();
 
@@ -143,6 +148,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void ReadControl(Worker& w);
   void HandleFrame(const std::shared_ptr<Worker>& w, protocol::Frame& frame,
                    Deferred* deferred);
+  void HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
+                            protocol::Frame& frame, Deferred* deferred);
   void HandleReady(const std::shared_ptr<Worker>& w,
                    const protocol::Frame& frame,
                    Deferred* deferred);
