@@ -3,10 +3,12 @@ docs/benchmarks.md and the plots beside it.
 
     report.py --raw DIR --json FILE --markdown FILE --command TEXT
               [--seconds N]
-    report.py --again FILE --markdown FILE
+    report.py --again FILE --markdown FILE [--json FILE]
 
 The second form writes the report again from a result file's raw lines,
-with its original date and command.
+with its original date and command, and the result file too when --json
+names it: for a change in how figures are summarised or worded, never in
+what was measured.
 
 DIR holds one file per round and placement, `round<N>_<placement>.jsonl`,
 each line a result (bench/bench_util.h); summary.py says how they are
@@ -97,7 +99,7 @@ def main() -> None:
             old = json.load(f)
         meta = {k: v for k, v in old.items()
                 if k not in ("summary", "targets", "raw")}
-        write(meta, old["raw"], "", args.markdown)
+        write(meta, old["raw"], args.json or "", args.markdown)
         return
     rounds = results.load(args.raw)
     meta = {

@@ -314,7 +314,8 @@ def unbuilt(summary: dict) -> List[dict]:
                                   "multiprocessing fork"))]
     return [
         {"target": "node p50 within 1.3× of the bare C++ gRPC echo",
-         "met": None, "verdict": "not yet built: there is no node",
+         "met": None,
+         "verdict": "not measured yet: the node is not in this suite",
          "today": "bare C++ gRPC echo p50, same / default: " +
                   baseline(summary, latency_key(GRPC_CPP), "p50_us") +
                   " µs"},
@@ -447,6 +448,7 @@ def markdown(meta: dict, summary: dict, found_targets: List[dict],
     lines += payload(summary, by_topic) + startup(summary)
     lines += scaling(summary, by_topic)
     lines += ["## 6. Sessions", "",
-              "**Not yet measured: sessions are not built.**", ""]
+              "**Not yet measured: calls in sessions are not in this "
+              "suite yet.**", ""]
     lines += PEERS
     return "\n".join(lines)

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<snakepit::Pool>> pool =
       snakepit::Pool::Start(options);
   if (!pool.ok()) {
-    std::fprintf(stderr, "%s\n", snakepit::DescribeError(pool.status()).c_str());
+    std::fprintf(stderr, "%s\n",
+                 snakepit::DescribeError(pool.status()).c_str());
     return 2;
   }
 

@@ -37,7 +37,8 @@ std::string Bounded(std::string_view text, size_t budget, bool keep_end) {
     --end;
   }
   std::string part = valid.substr(start, end - start);
-  return keep_end ? absl::StrCat(ToAbsl(kCut), part) : absl::StrCat(part, " [...]");
+  return keep_end ? absl::StrCat(ToAbsl(kCut), part)
+                  : absl::StrCat(part, " [...]");
 }
 
 constexpr size_t kMessageBudget = 1024;
@@ -48,7 +49,8 @@ constexpr size_t kTracebackBudget = 3072;
 std::string ErrorDetailBytes(const absl::Status& status) {
   v1::ErrorDetail detail;
   detail.set_reason(Bounded(ReasonOf(status), 128, false));
-  detail.set_message(Bounded(std::string(status.message()), kMessageBudget, false));
+  std::string message(status.message());
+  detail.set_message(Bounded(message, kMessageBudget, false));
   PythonDetails python = PythonDetailsOf(status);
   detail.set_python_type(Bounded(python.type, 256, false));
   detail.set_traceback(Bounded(python.traceback, kTracebackBudget, true));
@@ -57,8 +59,9 @@ std::string ErrorDetailBytes(const absl::Status& status) {
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
+  std::string message(status.message());
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      Bounded(std::string(status.message()), kMessageBudget, false));
+                      Bounded(message, kMessageBudget, false));
 }
 
 absl::Status FromGrpc(

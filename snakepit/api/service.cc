@@ -131,26 +131,39 @@ void RecordCall(const CallLink& link, const absl::Status& status,
   }
 }
 
+// Checks and submits the RPC's call, filling `link`. On failure the link
+// is marked finished and the caller finishes the RPC with the status.
+absl::StatusOr<snakepit::Call> StartCall(CallLink& link, NodeState* node,
+                                         grpc::CallbackServerContext& context,
+                                         const v1::CallRequest& request) {
+  link.node = node;
+  link.function = request.function();
+  absl::StatusOr<PreparedCall> prepared =
+      PrepareCall(*node, context, request);
+  if (!prepared.ok()) {
+    link.finished = true;
+    return prepared.status();
+  }
+  link.prepared = std::move(*prepared);
+  link.start = absl::Now();
+  return link.prepared.pool->pool->SubmitRaw(
+      link.function, std::move(link.prepared.args_msgpack),
+      link.prepared.options);
+}
+
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(NodeState* node, grpc::CallbackServerContext* context,
             const v1::CallRequest* request, v1::CallResponse* response)
       : in_flight_(node), context_(context), response_(response),
         link_(std::make_shared<CallLink>()) {
-    link_->node = node;
-    link_->function = request->function();
-    absl::StatusOr<PreparedCall> prepared =
-        PrepareCall(*node, *context, *request);
-    if (!prepared.ok()) {
-      link_->finished = true;
-      FinishWith(this, context_, prepared.status());
+    absl::StatusOr<snakepit::Call> call =
+        StartCall(*link_, node, *context, *request);
+    if (!call.ok()) {
+      FinishWith(this, context_, call.status());
       return;
     }
-    link_->prepared = std::move(*prepared);
-    link_->start = absl::Now();
-    call_ = link_->prepared.pool->pool->SubmitRaw(
-        link_->function, std::move(link_->prepared.args_msgpack),
-        link_->prepared.options);
+    call_ = *call;
     call_.OnComplete([this, link = link_, call = call_](
                          const absl::Status& status) {
       Complete(link, call, status);
@@ -212,20 +225,13 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
              const v1::CallRequest* request)
       : in_flight_(node), context_(context),
         link_(std::make_shared<CallLink>()) {
-    link_->node = node;
-    link_->function = request->function();
-    absl::StatusOr<PreparedCall> prepared =
-        PrepareCall(*node, *context, *request);
-    if (!prepared.ok()) {
-      link_->finished = true;
-      FinishWith(this, context_, prepared.status());
+    absl::StatusOr<snakepit::Call> call =
+        StartCall(*link_, node, *context, *request);
+    if (!call.ok()) {
+      FinishWith(this, context_, call.status());
       return;
     }
-    link_->prepared = std::move(*prepared);
-    link_->start = absl::Now();
-    call_ = link_->prepared.pool->pool->SubmitRaw(
-        link_->function, std::move(link_->prepared.args_msgpack),
-        link_->prepared.options);
+    call_ = *call;
     std::shared_ptr<CallLink> link = link_;
     call_.OnChunk([this, link](std::string chunk) {
       Enqueue(link, std::move(chunk));

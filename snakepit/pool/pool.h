@@ -134,7 +134,10 @@ class Pool {
   Pool& operator=(const Pool&) = delete;
 
   // Submits a call of `function` with `args`: a map (keyword arguments),
-  // an array (positional) or null (none). Never blocks on a worker.
+  // an array (positional) or null (none). Never waits for a worker to be
+  // free; when one is, this thread writes the call to it, which for large
+  // arguments to a worker that is not reading can take until the call's
+  // deadline (the call then fails and the worker is replaced).
   Call Submit(std::string_view function, const Value& args,
               const CallOptions& options = {});
 

@@ -77,7 +77,8 @@ TEST_F(SessionPoolTest, VariablesAndLocalObjectsFollowTheSession) {
   // finds its local objects.
   for (int round = 0; round < 100; ++round) {
     int i = round % 8;
-    absl::StatusOr<Value> r = In(sessions[i], "sessions.recall", {{"key", "k"}});
+    absl::StatusOr<Value> r =
+        In(sessions[i], "sessions.recall", {{"key", "k"}});
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ((*r)["var"], i);
     EXPECT_EQ((*r)["local"], i) << "round " << round;

@@ -1223,7 +1223,8 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
       failure = ReasonError(
           reason::kWorkerStartFailed,
           absl::StrCat("worker ", w->pid, " ", how,
-                       " before it was ready", tail.empty() ? "" : "; stderr:\n",
+                       " before it was ready",
+                       tail.empty() ? "" : "; stderr:\n",
                        tail));
     }
     if (start_failure_.ok()) {
