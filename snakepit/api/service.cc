@@ -216,9 +216,11 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   snakepit::Call call_ = snakepit::Call::Failed(absl::OkStatus());
 };
 
-// A streamed call: chunks queue here and go out one write at a time.
-// TODO(#3): the queue is unbounded; a slow reader lets a fast generator
-// fill host memory. Stop reading the worker past a bound.
+// A streamed call: chunks queue here and go out one write at a time. A
+// client more than kMaxOutboxBytes behind ends the call (slow_reader).
+// TODO(#3): pause the worker instead (flow control), so that a slow but
+// steady reader is served rather than cut off.
+constexpr size_t kMaxOutboxBytes = 64u << 20;
 class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
  public:
   StreamCall(NodeState* node, grpc::CallbackServerContext* context,
@@ -267,6 +269,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
                           "the client stopped reading"));
       return;
     }
+    outbox_bytes_ -= outbox_.front().ByteSizeLong();
     outbox_.pop_front();
     Advance(lock);
   }
@@ -287,6 +290,19 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
     if (!filled.ok()) {
       final_ = filled;
       snakepit::Call call = call_;  // `this` may go once unlocked
+      lock.unlock();
+      call.Cancel();
+      return;
+    }
+    outbox_bytes_ += chunk.ByteSizeLong();
+    if (outbox_bytes_ > kMaxOutboxBytes) {
+      // The client reads more slowly than the function yields; rather
+      // than hold without bound, the call ends.
+      final_ = MakeError(absl::StatusCode::kResourceExhausted,
+                         "slow_reader",
+                         "the client fell more than 64 MiB behind the "
+                         "stream");
+      snakepit::Call call = call_;
       lock.unlock();
       call.Cancel();
       return;
@@ -334,6 +350,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
 
   // Guarded by link_->mu.
   std::deque<v1::CallChunk> outbox_;  // the front one is being written
+  size_t outbox_bytes_ = 0;
   bool writing_ = false;
   bool ended_ = false;
   absl::Status final_;

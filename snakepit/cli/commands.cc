@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -272,7 +273,7 @@ std::string ResolveOutput(const std::string& output) {
 bool ParseTimeout(const std::string& text, absl::Duration* out) {
   double seconds = 0;
   if (absl::SimpleAtod(text, &seconds)) {
-    if (seconds <= 0) {
+    if (!(seconds > 0) || !std::isfinite(seconds)) {
       return false;
     }
     *out = absl::Seconds(seconds);

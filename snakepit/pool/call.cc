@@ -9,23 +9,30 @@
 namespace snakepit {
 namespace internal {
 
-void CallState::AddChunk(std::string chunk) {
+bool CallState::AddChunk(std::string chunk) {
   std::function<void(std::string)> callback;
   {
     std::lock_guard<std::mutex> lock(mu);
     if (done) {
-      return;
+      return true;
     }
     if (!chunk_callback) {
+      // TODO(#3): a Next() reader slower than its generator is not
+      // bounded; the worker's channel should stop being read instead.
+      if (!want_chunk.load() && buffered + chunk.size() > max_buffered) {
+        return false;
+      }
+      buffered += chunk.size();
       chunks.push_back(std::move(chunk));
       cv.notify_all();
-      return;
+      return true;
     }
     callback = chunk_callback;
   }
   // One reader handles a worker's frames at a time, so chunks of a call
   // reach the callback one after another, in order.
   callback(std::move(chunk));
+  return true;
 }
 
 bool CallState::Finish(absl::Status final_status, std::string final_result,
@@ -222,6 +229,7 @@ absl::StatusOr<std::optional<std::string>> Call::NextRaw() const {
   if (!state_->chunks.empty()) {
     std::string chunk = std::move(state_->chunks.front());
     state_->chunks.pop_front();
+    state_->buffered -= chunk.size();
     return chunk;
   }
   if (!state_->status.ok()) {

@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
   app.add_option("-m,--module", flags.modules,
                  "Serve one pool of these modules (repeatable)");
   app.add_option("--python", flags.python, "Interpreter for that pool");
-  app.add_option("-w,--workers", flags.workers, "Workers in that pool");
+  app.add_option("-w,--workers", flags.workers, "Workers in that pool")
+      ->check(CLI::Range(1, 1024));
   app.add_option("--token", flags.token, "Bearer token clients must send");
   app.add_option("--log-format", flags.log_format, "auto, text or json");
   app.add_option("--log-level", flags.log_level, "spdlog level name");

@@ -46,8 +46,9 @@ absl::Status ResolveModules(const std::vector<std::string>& modules,
     std::error_code ec;
     fs::path absolute = fs::absolute(path, ec);
     if (ec || !fs::exists(absolute, ec)) {
-      return absl::NotFoundError(
-          absl::StrCat("module file ", module, " does not exist"));
+      return MakeError(absl::StatusCode::kNotFound, "module_not_found",
+                       absl::StrCat("module file ", module,
+                                    " does not exist"));
     }
     if (fs::is_directory(absolute, ec)) {
       // A package folder: import it by its name from its parent.

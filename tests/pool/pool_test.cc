@@ -535,6 +535,30 @@ TEST(PoolHostileTest, AFloodingWorkerDoesNotStallTheOthers) {
   flood.Cancel();
 }
 
+TEST(PoolHostileTest, UntakenChunksAreBoundedByThePayloadLimit) {
+  PoolOptions options;
+  options.max_payload_bytes = 1 << 20;
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  // 100 chunks of 64 KiB: Get() would have to hold them all.
+  absl::StatusOr<Value> r = pool->Invoke(
+      "faults.blobs", {{"n", 100}, {"size", 65536}}, {absl::Seconds(30)});
+  EXPECT_EQ(ReasonOf(r.status()), "payload_too_large") << r.status();
+  // Taken one by one, the same stream is fine.
+  Call call = pool->Submit("faults.blobs", {{"n", 100}, {"size", 65536}},
+                           {absl::Seconds(30)});
+  int chunks = 0;
+  while (true) {
+    absl::StatusOr<std::optional<Value>> chunk = call.Next();
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    if (!chunk->has_value()) {
+      break;
+    }
+    ++chunks;
+  }
+  EXPECT_EQ(chunks, 100);
+}
+
 TEST(PoolHostileTest, DestroyingThePoolInACallbackIsSafe) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);

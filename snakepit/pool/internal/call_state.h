@@ -69,8 +69,15 @@ struct CallState {
   // True when a waiting thread has what it waits for.
   bool WaiterCanReturn();
 
-  // Appends a streamed chunk unless the call has ended.
-  void AddChunk(std::string chunk);
+  // Chunks held for Get() are bounded by this many bytes (the pool's
+  // payload limit), like a result; fixed before the call is visible.
+  size_t max_buffered = SIZE_MAX;
+  size_t buffered = 0;  // guarded by mu
+
+  // Appends a streamed chunk unless the call has ended. False when the
+  // chunks waiting to be taken would pass max_buffered: the caller is not
+  // keeping up, and the pool ends the call.
+  bool AddChunk(std::string chunk);
 
   // Ends the call once; later calls are ignored and return false. The
   // completion callbacks are appended to `deferred`, to run once the

@@ -216,6 +216,7 @@ Call PoolCore::Submit(std::string_view function, std::string args,
   auto call = std::make_shared<CallState>(next_call_id.fetch_add(1),
                                           std::string(function), deadline);
   call->pool = weak_from_this();
+  call->max_buffered = options_.max_payload_bytes;
   if (args.size() > options_.max_payload_bytes) {
     return Call::Failed(ReasonError(
         reason::kPayloadTooLarge,
@@ -793,8 +794,19 @@ void PoolCore::HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
         }
       }
       // Outside mu_: a chunk callback may call back into the pool.
-      if (call) {
-        call->AddChunk(std::move(frame.body));
+      if (call && !call->AddChunk(std::move(frame.body))) {
+        std::lock_guard<std::mutex> lock(mu_);
+        call->Finish(
+            ReasonError(reason::kPayloadTooLarge,
+                        absl::StrCat("a generator's output held for Get() "
+                                     "exceeds the ",
+                                     options_.max_payload_bytes,
+                                     "-byte payload limit; read it with "
+                                     "Next() or as a stream")),
+            "", deferred);
+        if (w->call == call) {
+          AbandonLocked(*w);
+        }
       }
       return;
     }
