@@ -395,6 +395,35 @@ class AuthTest(unittest.TestCase):
             self.assertEqual(node.stop(), 0)
 
 
+class TlsTest(unittest.TestCase):
+    def test_tls_node_answers_a_client_that_trusts_its_certificate(self):
+        folder = tempfile.mkdtemp(prefix="snakepit-tls-")
+        key = os.path.join(folder, "key.pem")
+        cert = os.path.join(folder, "cert.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                        "-nodes", "-keyout", key, "-out", cert, "-days",
+                        "1", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=IP:127.0.0.1"], check=True,
+                       capture_output=True, timeout=60)
+        config = os.path.join(folder, "tls.toml")
+        with open(config, "w") as f:
+            f.write(f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+                    f'[[pool]]\nname = "t"\nmodules = ["{FAULTS}"]\n'
+                    f'python = "{PY}"\nsize = 1\n')
+        node = Node(config=config)
+        try:
+            r = cli("call", "faults.add", "--addr", node.addr, "--tls-ca",
+                    cert, "-a", "a=20", "-a", "b=22")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout), 42)
+            # Without the CA the client cannot connect.
+            r = cli("call", "faults.add", "--addr", node.addr, "-a", "a=1",
+                    "--timeout", "2s")
+            self.assertEqual(r.returncode, 2)
+        finally:
+            self.assertEqual(node.stop(), 0)
+
+
 class QueueTest(unittest.TestCase):
     def test_queue_full_fails_at_once(self) -> None:
         config = os.path.join(tempfile.mkdtemp(), "node.toml")
