@@ -5,14 +5,18 @@
 //   grpc_bench --server python|cpp [--python EXE] [--calls N] [--limit S]
 //              [--sizes B,B,...] [--bytes TOTAL]
 //
-// Starts the server, which listens on 127.0.0.1 only, then prints a
-// "latency" line for a 100-byte echo and a "payload" line per size.
+// Starts the server, which listens on 127.0.0.1 and on a unix socket in
+// a temporary directory, then prints a "latency" line for a 100-byte
+// echo over each, and a "payload" line per size over TCP.
 
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <stdlib.h>
+
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -97,15 +101,15 @@ Server::~Server() {
   (void)os::TryReap(process_.pidfd.get());
 }
 
-std::unique_ptr<EchoStub> Connect(int port) {
+// `target` is "127.0.0.1:PORT" or "unix:PATH".
+std::unique_ptr<EchoStub> Connect(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   // Never through a proxy named in the environment: the server is local.
   args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
-  auto channel =
-      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
-                                grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(
+      target, grpc::InsecureChannelCredentials(), args);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                  std::chrono::seconds(10))) {
     return nullptr;
@@ -152,6 +156,38 @@ bool Payloads(EchoStub& stub, const std::string& name, const Flags& flags) {
   return true;
 }
 
+// Latency over the unix socket the server also listens on.
+bool UnixLatency(const std::string& path, const std::string& name,
+                 const Budget& budget) {
+  std::unique_ptr<EchoStub> stub = Connect("unix:" + path);
+  if (stub == nullptr) {
+    std::fprintf(stderr, "bench: grpc: cannot reach unix:%s\n",
+                 path.c_str());
+    return false;
+  }
+  return Latency(*stub, name + ", unix socket", budget);
+}
+
+// Runs every cell against a server started from `command` with the unix
+// socket path appended.
+bool RunAll(std::vector<std::string> command, const std::string& name,
+            const std::string& dir, const Flags& flags) {
+  std::string path = dir + "/echo.sock";
+  command.push_back(path);
+  std::unique_ptr<Server> server = Server::Start(command);
+  std::unique_ptr<EchoStub> stub =
+      server ? Connect("127.0.0.1:" + std::to_string(server->port()))
+             : nullptr;
+  if (stub == nullptr) {
+    std::fprintf(stderr, "bench: grpc: cannot reach the %s\n",
+                 name.c_str());
+    return false;
+  }
+  return Latency(*stub, name, flags.MakeBudget()) &&
+         UnixLatency(path, name, flags.MakeBudget()) &&
+         Payloads(*stub, name, flags);
+}
+
 }  // namespace
 }  // namespace snakepit::bench
 
@@ -160,21 +196,22 @@ int main(int argc, char** argv) {
   Flags flags(argc, argv, 1);
   snakepit::os::IgnoreSigpipe();
   bool python = flags.Get("server", "python") == "python";
+  // The Python server's first argument is its thread count.
   std::vector<std::string> command =
       python ? std::vector<std::string>{flags.Get("python", "/usr/bin/python3"),
                                         std::string(SNAKEPIT_BENCH_DIR) +
-                                            "/grpc_echo_server.py"}
+                                            "/grpc_echo_server.py",
+                                        "4"}
              : std::vector<std::string>{GRPC_ECHO_SERVER};
   std::string name = python ? "gRPC to a Python grpcio server (4 threads)"
                             : "gRPC to a bare C++ gRPC echo server";
-  std::unique_ptr<Server> server = Server::Start(command);
-  std::unique_ptr<EchoStub> stub = server ? Connect(server->port()) : nullptr;
-  if (stub == nullptr) {
-    std::fprintf(stderr, "bench: grpc: cannot reach the %s server\n",
-                 python ? "python" : "C++");
+  char dir[] = "/tmp/snakepit-grpc-bench-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) {
+    std::perror("bench: grpc: mkdtemp");
     return 1;
   }
-  bool ok =
-      Latency(*stub, name, flags.MakeBudget()) && Payloads(*stub, name, flags);
+  bool ok = RunAll(command, name, dir, flags);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
   return ok ? 0 : 1;
 }

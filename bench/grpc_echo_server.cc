@@ -2,15 +2,17 @@
 // gRPC itself, with no Python behind it. A Snakepit node will put gRPC
 // in front of its pools; this is the figure it is to be held against.
 //
-//   grpc_echo_server
+//   grpc_echo_server [UNIX_PATH]
 //
-// Listens on 127.0.0.1 on a port the kernel picks, prints the port on
-// stdout, and serves until its stdin reaches end of file.
+// Listens on 127.0.0.1 on a port the kernel picks, and on the unix socket
+// UNIX_PATH when given, prints the port on stdout, and serves until its
+// stdin reaches end of file.
 
 #include <unistd.h>
 
 #include <cstdio>
 #include <memory>
+#include <string>
 
 #include "grpcpp/grpcpp.h"
 
@@ -35,12 +37,16 @@ void AwaitStdinEof() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   EchoService service;
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
                            &port);
+  if (argc > 1) {
+    builder.AddListeningPort(std::string("unix:") + argv[1],
+                             grpc::InsecureServerCredentials());
+  }
   builder.SetMaxReceiveMessageSize(-1);
   builder.SetMaxSendMessageSize(-1);
   builder.RegisterService(&service);

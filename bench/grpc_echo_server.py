@@ -1,13 +1,14 @@
 """A Python grpcio server answering snakepit.bench.v1.Echo/Echo: the gRPC
 peer a Python user would put in front of their function.
 
-    grpc_echo_server.py [THREADS]
+    grpc_echo_server.py [THREADS [UNIX_PATH]]
 
-Listens on 127.0.0.1 on a port the kernel picks, prints the port on
-stdout, and serves until its stdin reaches end of file (the bench's
-end). No generated code: a generic handler receives the serialized
-request as bytes and returns it unchanged as the serialized reply (the
-request and reply messages are the same type, bench/echo.proto).
+Listens on 127.0.0.1 on a port the kernel picks, and on the unix socket
+UNIX_PATH when given, prints the port on stdout, and serves until its
+stdin reaches end of file (the bench's end). No generated code: a
+generic handler receives the serialized request as bytes and returns it
+unchanged as the serialized reply (the request and reply messages are
+the same type, bench/echo.proto).
 """
 
 import concurrent.futures
@@ -33,6 +34,8 @@ def main() -> None:
         {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 2:
+        server.add_insecure_port("unix:" + sys.argv[2])
     server.start()
     print(port, flush=True)
     sys.stdin.buffer.read()

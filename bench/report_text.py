@@ -7,8 +7,8 @@ import textwrap
 from typing import Callable, Dict, List, Optional
 
 import summary as results
-from summary import (FLOORS, GRPC_CPP, GRPC_PY, MP_APPLY, POOL,
-                     POOL_START, POOL_VALUE)
+from summary import (FLOORS, GRPC_CPP, GRPC_PY, MP_APPLY, NODE, POOL,
+                     POOL_START, POOL_VALUE, UNIX)
 
 PLACEMENTS = ("same", "default")
 PLACEMENT_TEXT = {
@@ -23,7 +23,8 @@ PY_PASS = "python3 -c pass (whole process)"
 ORDER = [
     FLOORS["latency"], FLOORS["throughput"], FLOORS["startup"], POOL,
     POOL_VALUE, POOL_START, PIPELINED, MP_APPLY, MP_ASYNC,
-    "ProcessPoolExecutor.submit", GRPC_PY, GRPC_CPP,
+    "ProcessPoolExecutor.submit", GRPC_PY, GRPC_CPP, NODE, GRPC_PY + UNIX,
+    GRPC_CPP + UNIX, NODE + UNIX,
     "multiprocessing.Pool, spawn (exec), imports numpy",
     "multiprocessing.Pool, forkserver with numpy preloaded",
     "multiprocessing.Pool, fork of a host that imported numpy",
@@ -297,11 +298,6 @@ def measured(rounds: dict, text: str, top: str, bottom: str, field: str,
             "verdict": verdict(values["same"], goal, at_most)}
 
 
-def baseline(summary: dict, key: str, field: str) -> str:
-    got = [summary.get(p, {}).get(key, {}).get(field) for p in PLACEMENTS]
-    return " / ".join(num(v) for v in got)
-
-
 def unbuilt(summary: dict) -> List[dict]:
     start = {n: results.key_of({"section": "startup", "name": n,
                                 "workers": 50})
@@ -313,16 +309,30 @@ def unbuilt(summary: dict) -> List[dict]:
                  start.values(), ("snakepit exec start", "exec floor",
                                   "multiprocessing fork"))]
     return [
-        {"target": "node p50 within 1.3× of the bare C++ gRPC echo",
-         "met": None,
-         "verdict": "not measured yet: the node is not in this suite",
-         "today": "bare C++ gRPC echo p50, same / default: " +
-                  baseline(summary, latency_key(GRPC_CPP), "p50_us") +
-                  " µs"},
         {"target": "50 numpy workers ready within 100 ms from a zygote",
          "met": None, "verdict": "not yet built: no zygote mode",
          "today": "50 workers today: " + ", ".join(today)},
     ]
+
+
+def node_target(rounds: dict, transport: str, suffix: str) -> dict:
+    """The node against the bare C++ echo over one transport, with
+    whether it beats the Python grpcio server over the same one."""
+    node = latency_key(NODE + suffix)
+    found = measured(rounds, "node p50 within 1.3× of the bare C++ gRPC "
+                     f"echo ({transport})", node,
+                     latency_key(GRPC_CPP + suffix), "p50_us", 1.3, True,
+                     "× bare echo")
+    lower = quotient(rounds, "same", latency_key(GRPC_PY + suffix), node,
+                     "p50_us")
+    found["vs_python"] = lower
+    if lower is not None:
+        found["verdict"] += (
+            f"; same CPU, {num(lower)}× lower than the Python grpcio "
+            "server: beats it" if lower > 1 else
+            f"; same CPU, {num(1 / lower)}× higher than the Python grpcio "
+            "server: does not beat it")
+    return found
 
 
 def targets(rounds: dict, summary: dict) -> List[dict]:
@@ -341,6 +351,8 @@ def targets(rounds: dict, summary: dict) -> List[dict]:
                  "MB/s", payload_key(POOL, big),
                  payload_key(FLOORS["payload"], big), "mb_per_s", 0.5,
                  False, "of the floor's MB/s"),
+        node_target(rounds, "TCP", ""),
+        node_target(rounds, "unix socket", UNIX),
     ] + unbuilt(summary)
 
 
@@ -427,16 +439,25 @@ PEERS = ["## The peers", ""] + bullets([
     "(`bench/mp_bench.py`).",
     "**gRPC** (`bench/echo.proto`: `Echo(Blob) returns (Blob)`, one "
     "`bytes` field): a C++ client with the generated sync stub, one "
-    "`ClientContext` per call, over TCP on 127.0.0.1, message size "
-    "limits lifted. The **Python grpcio server** (Debian's grpcio 1.51, "
-    "sync server, 4 threads) registers the method through "
+    "`ClientContext` per call, over TCP on 127.0.0.1 (rows without a "
+    "transport) or a unix socket (rows marked so; 100-byte calls only), "
+    "message size limits lifted. The **Python grpcio server** (Debian's "
+    "grpcio 1.51, sync server, 4 threads) registers the method through "
     "`grpc.method_handlers_generic_handler` without (de)serializers, so "
     "it receives the serialized request as bytes and returns it as the "
     "serialized reply: no protobuf work in Python at all, less than a "
     "Snakepit worker does (it decodes and encodes msgpack), which "
     "favours gRPC. The **bare C++ gRPC echo server** is the generated "
     "sync service copying request to reply: gRPC's own cost, the "
-    "baseline for a future Snakepit node.",
+    "baseline for the Snakepit node.",
+    "**snakepit node**: `build/snakepitd --module bench/bench_echo.py "
+    "--workers 1`, started and stopped (SIGTERM, exit 0 checked) by "
+    "`bench/node_bench.cc`, called the same way as the gRPC peers with "
+    "the `snakepit.v1.Snakepit/Call` stub: `bench_echo.echo` with the "
+    "msgpack map `{\"data\": bin(100)}`, over TCP on 127.0.0.1 and a "
+    "unix socket. Unlike the gRPC peers it decodes the arguments, runs "
+    "the Python function in a worker process and encodes its result: "
+    "the cost a gRPC-to-Python design pays.",
 ])
 
 

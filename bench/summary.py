@@ -23,6 +23,9 @@ POOL_START = "snakepit Pool, exec start, module imports numpy"
 MP_APPLY = "multiprocessing.Pool.apply"
 GRPC_PY = "gRPC to a Python grpcio server (4 threads)"
 GRPC_CPP = "gRPC to a bare C++ gRPC echo server"
+NODE = "snakepit node, gRPC Call (1 worker)"
+# Appended to a gRPC row's name for the same call over a unix socket.
+UNIX = ", unix socket"
 
 PARAMS = ("workers", "in_flight", "payload_bytes")
 FLOORS = {
