@@ -151,6 +151,10 @@ absl::StatusOr<snakepit::Call> StartCall(CallLink& link, NodeState* node,
       link.prepared.options);
 }
 
+// TODO(#3): a small call through the node costs about 2.5x a bare C++
+// gRPC echo (docs/benchmarks.md): the reply crosses from the pool's I/O
+// thread to gRPC's. Serving Call on gRPC's thread and letting it read the
+// worker's reply itself (Pool's Drive) should remove that handoff.
 class UnaryCall : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(NodeState* node, grpc::CallbackServerContext* context,
