@@ -21,6 +21,20 @@ struct Client::Impl {
   std::unique_ptr<v1::Snakepit::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 
+  // One unary RPC with the usual metadata; the node's error as ours.
+  template <typename Request, typename Response>
+  absl::Status Unary(grpc::Status (v1::Snakepit::Stub::*method)(
+                         grpc::ClientContext*, const Request&, Response*),
+                     const Request& request, Response* response,
+                     absl::Duration timeout = absl::Seconds(30)) const {
+    grpc::ClientContext context;
+    Prepare(&context, timeout);
+    grpc::Status status = (stub.get()->*method)(&context, request, response);
+    return status.ok()
+               ? absl::OkStatus()
+               : api::FromGrpc(status, context.GetServerTrailingMetadata());
+  }
+
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
     if (!options.token.empty()) {
       context->AddMetadata("authorization", "Bearer " + options.token);
@@ -181,13 +195,11 @@ absl::Status Client::CallStream(
 }
 
 absl::StatusOr<std::vector<RemoteFunction>> Client::ListFunctions() {
-  grpc::ClientContext context;
-  impl_->Prepare(&context, absl::Seconds(30));
   v1::ListFunctionsResponse response;
-  grpc::Status status = impl_->stub->ListFunctions(
-      &context, v1::ListFunctionsRequest(), &response);
+  absl::Status status = impl_->Unary(&v1::Snakepit::Stub::ListFunctions,
+                                     v1::ListFunctionsRequest(), &response);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   std::vector<RemoteFunction> out;
   for (const v1::FunctionInfo& f : response.functions()) {
@@ -197,13 +209,11 @@ absl::StatusOr<std::vector<RemoteFunction>> Client::ListFunctions() {
 }
 
 absl::StatusOr<Value> Client::NodeInfo() {
-  grpc::ClientContext context;
-  impl_->Prepare(&context, absl::Seconds(30));
   v1::NodeInfo response;
-  grpc::Status status = impl_->stub->GetNodeInfo(
-      &context, v1::GetNodeInfoRequest(), &response);
+  absl::Status status = impl_->Unary(&v1::Snakepit::Stub::GetNodeInfo,
+                                     v1::GetNodeInfoRequest(), &response);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   std::string json;
   google::protobuf::util::JsonPrintOptions print;
@@ -268,12 +278,11 @@ absl::StatusOr<Value> Client::CreateSession(const std::string& id,
   request.set_id(id);
   request.set_ttl_seconds(absl::ToInt64Seconds(ttl));
   request.set_strict(strict);
-  grpc::ClientContext context;
-  impl_->Prepare(&context, absl::Seconds(30));
   v1::SessionInfo info;
-  grpc::Status status = impl_->stub->CreateSession(&context, request, &info);
+  absl::Status status =
+      impl_->Unary(&v1::Snakepit::Stub::CreateSession, request, &info);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   return SessionValue(info);
 }
@@ -281,12 +290,11 @@ absl::StatusOr<Value> Client::CreateSession(const std::string& id,
 absl::StatusOr<Value> Client::GetSession(const std::string& id) {
   v1::GetSessionRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  impl_->Prepare(&context, absl::Seconds(30));
   v1::SessionInfo info;
-  grpc::Status status = impl_->stub->GetSession(&context, request, &info);
+  absl::Status status =
+      impl_->Unary(&v1::Snakepit::Stub::GetSession, request, &info);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   return SessionValue(info);
 }
@@ -296,12 +304,11 @@ absl::StatusOr<std::vector<std::string>> Client::ListSessions() {
   v1::ListSessionsRequest request;
   request.set_limit(10000);
   while (true) {
-    grpc::ClientContext context;
-    impl_->Prepare(&context, absl::Seconds(30));
     v1::ListSessionsResponse page;
-    grpc::Status status = impl_->stub->ListSessions(&context, request, &page);
+    absl::Status status =
+        impl_->Unary(&v1::Snakepit::Stub::ListSessions, request, &page);
     if (!status.ok()) {
-      return api::FromGrpc(status, context.GetServerTrailingMetadata());
+      return status;
     }
     ids.insert(ids.end(), page.ids().begin(), page.ids().end());
     if (page.next_start_after().empty()) {
@@ -314,13 +321,11 @@ absl::StatusOr<std::vector<std::string>> Client::ListSessions() {
 absl::StatusOr<bool> Client::DeleteSession(const std::string& id) {
   v1::DeleteSessionRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  impl_->Prepare(&context, absl::Seconds(30));
   v1::DeleteSessionResponse response;
-  grpc::Status status =
-      impl_->stub->DeleteSession(&context, request, &response);
+  absl::Status status =
+      impl_->Unary(&v1::Snakepit::Stub::DeleteSession, request, &response);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   return response.deleted();
 }
