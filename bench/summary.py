@@ -24,6 +24,11 @@ MP_APPLY = "multiprocessing.Pool.apply"
 GRPC_PY = "gRPC to a Python grpcio server (4 threads)"
 GRPC_CPP = "gRPC to a bare C++ gRPC echo server"
 NODE = "snakepit node, gRPC Call (1 worker)"
+# The session rows (bench/session_bench.cc).
+MEMORY_GET = "session store memory, Get"
+SESSION_PLAIN = "Pool call, plain echo (bench_echo.echo)"
+SESSION_NONE = "Pool call, echo taking a Context, no session"
+SESSION_IN = "Pool call, echo taking a Context, in a session (memory store)"
 # Appended to a gRPC row's name for the same call over a unix socket.
 UNIX = ", unix socket"
 
