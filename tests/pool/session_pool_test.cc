@@ -23,6 +23,7 @@ class SessionPoolTest : public ::testing::Test {
   void SetUp() override {
     StoreConfig config;
     config.max_program_bytes = 1024;
+    config.sweep_interval = absl::Milliseconds(100);
     store_ = std::shared_ptr<SessionStore>(*OpenStore(config));
     PoolOptions options;
     options.modules = {std::string(SNAKEPIT_TEST_DIR) +
@@ -214,6 +215,25 @@ TEST_F(SessionPoolTest, DeletingASessionRunsOnSessionEndWhereItWas) {
     EXPECT_TRUE(std::filesystem::exists(folder + "/" + s + "." +
                                         std::to_string(pid)));
   }
+}
+
+TEST_F(SessionPoolTest, ExpiryDropsTheWorkersLocalObjects) {
+  std::string folder = ::testing::TempDir() + "/session_expiry";
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  CreateOptions options;
+  options.ttl = absl::Milliseconds(300);
+  std::string s = (*store_->Create(options)).session->id;
+  int pid = In(s, "sessions.mark_end", {{"folder", folder}})->get<int>();
+  // Nobody uses it now: the reaper expires it, the pool tells the worker.
+  std::string marker = folder + "/" + s + "." + std::to_string(pid);
+  absl::Time limit = absl::Now() + absl::Seconds(10);
+  while (!std::filesystem::exists(marker) && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(std::filesystem::exists(marker));
+  EXPECT_EQ(ReasonOf(In(s, "sessions.bump", nullptr).status()),
+            "session_not_found");
 }
 
 TEST_F(SessionPoolTest, BadSessionsFailClearly) {
