@@ -12,10 +12,15 @@ empty on a worker new to the session, and cleared (after the
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-# Rounds of read, compute, compare-and-swap that update() makes.
-UPDATE_ATTEMPTS = 8
+# Rounds of read, compute, compare-and-swap that update() makes, and the
+# bounds of the random pause between them (seconds).
+UPDATE_ATTEMPTS = 10
+_FIRST_BACKOFF = 0.0005
+_MAX_BACKOFF = 0.05
 
 _MISSING = object()
 
@@ -90,6 +95,10 @@ class Session:
         returns it, re-reading and redoing on conflict."""
         for attempt in range(UPDATE_ATTEMPTS):
             if attempt:
+                # Writers that collide tend to collide again in lockstep;
+                # a random, growing pause breaks the tie.
+                time.sleep(random.uniform(
+                    0, min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** attempt)))
                 self.refresh()
             else:
                 self._ensure()

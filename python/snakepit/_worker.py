@@ -222,15 +222,20 @@ class Worker:
 
     # The channel -------------------------------------------------------------
 
+    def _read_frame(self) -> Frame:
+        """The next channel frame; the end of the host or of a readable
+        stream ends the worker."""
+        try:
+            return self._reader.read()
+        except ChannelClosed:
+            _exit_host_gone()
+        except ProtocolError as exc:
+            self._fatal(Reason.PROTOCOL_ERROR, str(exc))
+
     def _serve(self) -> int:
-        read = self._reader.read
+        read = self._read_frame
         while True:
-            try:
-                frame = read()
-            except ChannelClosed:
-                _exit_host_gone()
-            except ProtocolError as exc:
-                self._fatal(Reason.PROTOCOL_ERROR, str(exc))
+            frame = read()
             if frame.type == _CALL:
                 self._on_call(frame)
                 if self._ended_sessions:
@@ -334,12 +339,7 @@ class Worker:
             self._channel.send(ftype, call_id, header,
                                [body] if body else ())
             while True:
-                try:
-                    frame = self._reader.read()
-                except ChannelClosed:
-                    _exit_host_gone()
-                except ProtocolError as exc:
-                    self._fatal(Reason.PROTOCOL_ERROR, str(exc))
+                frame = self._read_frame()
                 if frame.type == _SESSION_END:
                     self._ended_sessions.append(frame.header.get("session"))
                 elif frame.type == _SESSION_REPLY and frame.id == call_id:

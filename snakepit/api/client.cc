@@ -136,12 +136,11 @@ absl::StatusOr<Value> Client::Call(const std::string& function,
   if (!request.ok()) {
     return request.status();
   }
-  grpc::ClientContext context;
-  impl_->Prepare(&context, options.timeout);
   v1::CallResponse response;
-  grpc::Status status = impl_->stub->Call(&context, *request, &response);
+  absl::Status status = impl_->Unary(&v1::Snakepit::Stub::Call, *request,
+                                     &response, options.timeout);
   if (!status.ok()) {
-    return api::FromGrpc(status, context.GetServerTrailingMetadata());
+    return status;
   }
   return DecodeValue(response.result().data());
 }

@@ -166,7 +166,8 @@ TEST_F(SessionPoolTest, ConcurrentUpdatesLoseNothing) {
     calls.push_back(pool_->Submit("sessions.bump", nullptr, options));
   }
   for (Call& c : calls) {
-    ASSERT_TRUE(c.Get().ok()) << c.Get().status();
+    absl::StatusOr<Value> got = c.Get();
+    ASSERT_TRUE(got.ok()) << got.status();
   }
   absl::StatusOr<Value> n = In(s, "sessions.bump", nullptr);
   EXPECT_EQ(*n, 201);
