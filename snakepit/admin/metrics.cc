@@ -109,6 +109,7 @@ struct Metrics::Impl {
   Family<Gauge>& queue_depth;
   Family<Gauge>& workers;
   Family<Counter>& restarts;
+  Family<Gauge>& pool_state;
 
   // Guarded by functions_mu.
   std::mutex functions_mu;
@@ -119,6 +120,7 @@ struct Metrics::Impl {
   std::map<Labels, Gauge*> depth_series;
   std::map<Labels, Gauge*> worker_series;
   std::map<Labels, CounterSeries> restart_series;
+  std::map<Labels, Gauge*> state_series;
 };
 
 Metrics::Impl::Impl(const std::string& version)
@@ -145,7 +147,12 @@ Metrics::Impl::Impl(const std::string& version)
       restarts(prometheus::BuildCounter()
                    .Name("snakepit_worker_restarts_total")
                    .Help("Workers replaced, by reason.")
-                   .Register(*registry)) {
+                   .Register(*registry)),
+      pool_state(prometheus::BuildGauge()
+                     .Name("snakepit_pool_state")
+                     .Help("1 for the state each pool is in (starting, "
+                           "ready, degraded, closed), else 0.")
+                     .Register(*registry)) {
   prometheus::BuildGauge()
       .Name("snakepit_build_info")
       .Help("Always 1; the version is in the label.")
@@ -172,7 +179,11 @@ void Metrics::Impl::SyncPools(const std::vector<PoolGauges>& gauges) {
   std::map<Labels, double> depths;
   std::map<Labels, double> worker_counts;
   std::map<Labels, uint64_t> restart_counts;
+  std::map<Labels, double> states;
   for (const PoolGauges& pool : gauges) {
+    for (const char* state : {"starting", "ready", "degraded", "closed"}) {
+      states[{{"pool", pool.pool}, {"state", state}}] = pool.state == state;
+    }
     depths[{{"pool", pool.pool}}] = static_cast<double>(pool.queue_depth);
     for (const auto& [state, count] : pool.workers_by_state) {
       worker_counts[{{"pool", pool.pool}, {"state", state}}] = count;
@@ -184,6 +195,7 @@ void Metrics::Impl::SyncPools(const std::vector<PoolGauges>& gauges) {
   SyncGauges(queue_depth, depths, depth_series);
   SyncGauges(workers, worker_counts, worker_series);
   SyncCounters(restarts, restart_counts, restart_series);
+  SyncGauges(pool_state, states, state_series);
 }
 
 Metrics::Metrics(const std::string& version)

@@ -19,6 +19,8 @@ struct PoolGauges {
   size_t queue_depth = 0;
   std::map<std::string, int> workers_by_state;  // starting, idle, busy
   std::map<std::string, uint64_t> restarts_by_reason;  // cumulative
+  // starting, ready, degraded or closed; the others read 0.
+  std::string state;
 };
 
 class Metrics {

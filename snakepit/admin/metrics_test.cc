@@ -25,6 +25,7 @@ PoolGauges Pool(const std::string& name, size_t depth, int idle, int busy,
   g.queue_depth = depth;
   g.workers_by_state = {{"starting", 0}, {"idle", idle}, {"busy", busy}};
   g.restarts_by_reason = {{"crash", crashes}};
+  g.state = idle + busy > 0 ? "ready" : "degraded";
   return g;
 }
 
@@ -85,7 +86,17 @@ TEST(MetricsTest, RendersPoolGaugesAndDropsPoolsThatAreGone) {
   EXPECT_TRUE(
       Contains(text, "snakepit_workers{pool=\"b\",state=\"starting\"} 0\n"))
       << text;
+  EXPECT_TRUE(Contains(
+      text, "snakepit_pool_state{pool=\"a\",state=\"ready\"} 1\n"))
+      << text;
+  EXPECT_TRUE(Contains(
+      text, "snakepit_pool_state{pool=\"a\",state=\"degraded\"} 0\n"))
+      << text;
 
+  text = metrics.Render({Pool("a", 1, 0, 0, 0)});
+  EXPECT_TRUE(Contains(
+      text, "snakepit_pool_state{pool=\"a\",state=\"degraded\"} 1\n"))
+      << text;
   text = metrics.Render({Pool("a", 1, 4, 0, 0)});
   EXPECT_TRUE(Contains(text, "snakepit_queue_depth{pool=\"a\"} 1\n")) << text;
   EXPECT_FALSE(Contains(text, "pool=\"b\"")) << text;
@@ -184,6 +195,7 @@ TEST(MetricsTest, OutputParsesWithPythonPrometheusClient) {
             "snakepit_worker_restarts counter 2\n"
             "snakepit_queue_depth gauge 2\n"
             "snakepit_workers gauge 6\n"
+            "snakepit_pool_state gauge 8\n"
             "snakepit_build_info gauge 1\n"
             "snakepit_call_duration_seconds histogram 42\n"
             "snakepit_queue_wait_seconds histogram 21\n")

@@ -500,6 +500,8 @@ grpc::ServerUnaryReactor* Service::GetNodeInfo(
     info->set_name(served.name);
     info->set_size(stats.size);
     info->set_ready(stats.ready);
+    info->set_state(PoolStateName(stats.state));
+    info->set_start_failure(std::string(stats.start_failure.message()));
     info->set_busy(stats.busy);
     info->set_starting(stats.starting);
     info->set_queued(stats.queued);

@@ -66,6 +66,16 @@ absl::Status ReasonError(std::string_view reason, std::string_view message) {
   return MakeError(CodeForReason(reason), reason, message);
 }
 
+absl::Status WithMessage(const absl::Status& status,
+                         std::string_view message) {
+  absl::Status out(status.code(), ToAbsl(message));
+  status.ForEachPayload(
+      [&out](absl::string_view url, const absl::Cord& payload) {
+        out.SetPayload(url, payload);
+      });
+  return out;
+}
+
 std::string ReasonOf(const absl::Status& status) {
   if (status.ok()) {
     return "";

@@ -52,6 +52,9 @@ absl::Status MakeError(absl::StatusCode code, std::string_view reason,
 // Builds an error whose code comes from CodeForReason(reason).
 absl::Status ReasonError(std::string_view reason, std::string_view message);
 
+// `status` with its message replaced, code, reason and details kept.
+absl::Status WithMessage(const absl::Status& status, std::string_view message);
+
 // The stable reason of `status`: "" for OK, "internal" when none was set.
 std::string ReasonOf(const absl::Status& status);
 

@@ -67,14 +67,29 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Start(PoolOptions options) {
   if (epoll < 0) {
     return ErrnoToStatus(errno, "epoll_create1");
   }
+  bool wait = options.wait_until_ready;
   auto core = std::make_shared<internal::PoolCore>(
       std::move(options), std::move(*spec), std::move(*waker),
       os::UniqueFd(epoll));
-  if (absl::Status s = core->Start(); !s.ok()) {
+  if (absl::Status s = core->Start(wait); !s.ok()) {
     core->Shutdown(absl::ZeroDuration(), absl::Seconds(1));
     return s;
   }
   return std::unique_ptr<Pool>(new Pool(std::move(core)));
+}
+
+const char* PoolStateName(PoolState state) {
+  switch (state) {
+    case PoolState::kStarting:
+      return "starting";
+    case PoolState::kReady:
+      return "ready";
+    case PoolState::kDegraded:
+      return "degraded";
+    case PoolState::kClosed:
+      return "closed";
+  }
+  return "unknown";
 }
 
 Pool::Pool(std::shared_ptr<internal::PoolCore> core)

@@ -46,6 +46,11 @@ struct PoolOptions {
   // Time allowed from spawn until a worker is ready (imports and on_start
   // hooks included).
   absl::Duration startup_timeout = absl::Seconds(60);
+  // Whether Pool::Start waits until every worker is ready (and fails
+  // with why they cannot start). When false it returns at once: calls
+  // wait in the queue until a worker is ready, within their deadlines,
+  // and start failures show in Stats().
+  bool wait_until_ready = true;
   // Largest argument or result body, in bytes, either direction.
   uint32_t max_payload_bytes = 256u << 20;
   // Largest nesting of arrays and maps in a value.
@@ -105,7 +110,23 @@ struct FunctionInfo {
   Value raw;              // the whole catalogue entry
 };
 
+// Where a pool stands, as health checks and metrics report it.
+enum class PoolState {
+  kStarting,  // no worker has been ready yet, none has failed to start
+  kReady,     // workers start as they should
+  kDegraded,  // the last attempt to start a worker failed; with no ready
+              // worker, calls fail at once with that failure
+  kClosed,    // shut down
+};
+
+// "starting", "ready", "degraded", "closed".
+const char* PoolStateName(PoolState state);
+
 struct PoolStats {
+  PoolState state = PoolState::kStarting;
+  // Why the last worker failed to start (reason, message and the tail of
+  // its stderr); OK unless degraded.
+  absl::Status start_failure;
   int size = 0;
   int ready = 0;     // idle and busy workers
   int busy = 0;
@@ -124,9 +145,10 @@ class PoolCore;
 // Thread-safe. Destroying the pool shuts it down (see Shutdown).
 class Pool {
  public:
-  // Starts the workers and waits until every one is ready. Fails with
-  // import_error, start_hook_failed or worker_start_failed (with the
-  // worker's traceback or stderr) when they cannot start.
+  // Starts the workers and, with options.wait_until_ready, waits until
+  // every one is ready. Fails with import_error, start_hook_failed or
+  // worker_start_failed (with the worker's traceback or stderr) when they
+  // cannot start.
   static absl::StatusOr<std::unique_ptr<Pool>> Start(PoolOptions options);
 
   ~Pool();

@@ -304,9 +304,15 @@ std::vector<admin::Check> Node::Readiness() const {
   for (const api::ServedPool& served : state_.pools) {
     PoolStats stats = served.pool->Stats();
     bool warm = stats.ready == stats.size && stats.starting == 0;
-    checks.push_back({absl::StrCat("pool ", served.name, " warm"), warm,
-                      absl::StrCat(stats.ready, " of ", stats.size,
-                                   " workers ready")});
+    std::string detail =
+        absl::StrCat(stats.ready, " of ", stats.size, " workers ready");
+    if (stats.state == PoolState::kDegraded) {
+      // The first line of the failure: the whole traceback is in the log.
+      std::string why(stats.start_failure.message());
+      absl::StrAppend(&detail, "; degraded: ", why.substr(0, why.find('\n')));
+    }
+    checks.push_back(
+        {absl::StrCat("pool ", served.name, " warm"), warm, detail});
   }
   return checks;
 }
@@ -322,6 +328,7 @@ std::vector<admin::PoolGauges> Node::Gauges() const {
                           {"idle", stats.ready - stats.busy},
                           {"busy", stats.busy}};
     g.restarts_by_reason = stats.restarts_by_reason;
+    g.state = PoolStateName(stats.state);
     gauges.push_back(std::move(g));
   }
   return gauges;

@@ -108,11 +108,13 @@ PoolCore::PoolCore(PoolOptions options, worker::WorkerSpec spec,
     : options_(std::move(options)),
       spec_(std::move(spec)),
       waker_(std::move(waker)),
-      epoll_(std::move(epoll)) {}
+      epoll_(std::move(epoll)),
+      jitter_state_(static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) |
+                    1) {}
 
 PoolCore::~PoolCore() { Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
 
-absl::Status PoolCore::Start() {
+absl::Status PoolCore::Start(bool wait) {
   Watch(waker_.fd(), kWaker);
   // Workers are spawned by the I/O thread only, at start as for
   // replacements: the worker arms a parent-death signal, which Linux ties
@@ -124,20 +126,16 @@ absl::Status PoolCore::Start() {
     respawn_at_ = absl::Now();
   }
   io_thread_ = std::thread([this] { Loop(); });
+  if (!wait) {
+    return absl::OkStatus();
+  }
 
   std::unique_lock<std::mutex> lock(mu_);
   // Each worker enforces its own ready deadline; this wait only guards
   // against a bug there.
   absl::Time limit = absl::Now() + options_.startup_timeout + absl::Seconds(5);
   auto all_ready = [&] {
-    if (!start_failure_.ok()) {
-      return true;
-    }
-    int ready = 0;
-    for (const auto& [serial, w] : workers_) {
-      ready += w->state != WorkerState::kStarting;
-    }
-    return ready == options_.size;
+    return !start_failure_.ok() || ReadyCountLocked() == options_.size;
   };
   changed_.wait_until(lock, absl::ToChronoTime(limit), all_ready);
   if (!start_failure_.ok()) {
@@ -170,6 +168,7 @@ absl::Status PoolCore::SpawnWorker() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     w->serial = next_serial_++;
+    w->retry = start_failures_in_row_ > 0;
     workers_[w->serial] = w;
   }
   uint64_t base = static_cast<uint64_t>(w->serial) << 3;
@@ -258,6 +257,9 @@ Call PoolCore::Submit(std::string_view function, std::string args,
                          " functions; `snakepit fn list` shows them)")));
       }
       call->streams = IsGeneratorKind(it->second.kind);
+    }
+    if (DegradedLocked()) {
+      return Call::Failed(DegradedErrorLocked());
     }
     absl::Status refusal;
     w = TakeIdleLocked(*call, &refusal);
@@ -858,6 +860,7 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
     }
     w->ready_deadline = absl::InfiniteFuture();
     start_failures_in_row_ = 0;
+    last_start_failure_ = absl::OkStatus();
     absl::StatusOr<uint64_t> rss = os::ReadRssBytes(w->pid);
     w->rss_at_ready = rss.ok() ? *rss : 0;
     w->next_ping = absl::Now() + options_.liveness_interval;
@@ -1227,24 +1230,22 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   }
   if (was == WorkerState::kStarting) {
     absl::Status failure = w->fatal;
+    std::string tail = w->stderr_tail.size() > kStderrTailBytes
+                           ? w->stderr_tail.substr(w->stderr_tail.size() -
+                                                   kStderrTailBytes)
+                           : w->stderr_tail;
     if (failure.ok()) {
-      std::string tail = w->stderr_tail.size() > kStderrTailBytes
-                             ? w->stderr_tail.substr(w->stderr_tail.size() -
-                                                     kStderrTailBytes)
-                             : w->stderr_tail;
-      failure = ReasonError(
-          reason::kWorkerStartFailed,
-          absl::StrCat("worker ", w->pid, " ", how,
-                       " before it was ready",
-                       tail.empty() ? "" : "; stderr:\n",
-                       tail));
+      failure = ReasonError(reason::kWorkerStartFailed,
+                            absl::StrCat("worker ", w->pid, " ", how,
+                                         " before it was ready"));
     }
-    if (start_failure_.ok()) {
-      start_failure_ = failure;
+    if (!tail.empty()) {
+      failure = WithMessage(failure, absl::StrCat(failure.message(),
+                                                  "; stderr:\n", tail));
     }
-    ++start_failures_in_row_;
     Log().error("pool {} worker {} failed to start: {}", options_.name,
                 w->pid, std::string(failure.message()));
+    RecordStartFailureLocked(std::move(failure), deferred);
   } else if (!closed_ && !w->retiring) {
     Log().warn("pool {} worker {} {}", options_.name, w->pid, how);
   }
@@ -1266,15 +1267,69 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
 
 void PoolCore::ScheduleRespawnLocked() {
   // A worker that was ready is replaced at once. Repeated start failures
-  // back off, doubling from 100 ms to 30 s. TODO(#5): jitter, a degraded
-  // pool state, and failing queued calls fast while degraded.
+  // back off, doubling from 100 ms to 30 s, each delay drawn between half
+  // and all of that so that pools failing together do not retry in step.
   absl::Duration delay = absl::ZeroDuration();
   if (start_failures_in_row_ > 0) {
     int shift = std::min(start_failures_in_row_ - 1, 9);
     delay = std::min(absl::Milliseconds(100) * (1 << shift),
                      absl::Seconds(30));
+    // xorshift64: a weak generator is enough to spread retries.
+    jitter_state_ ^= jitter_state_ << 13;
+    jitter_state_ ^= jitter_state_ >> 7;
+    jitter_state_ ^= jitter_state_ << 17;
+    double fraction = 0.5 + 0.5 * static_cast<double>(jitter_state_ % 1024) /
+                                1024.0;
+    delay *= fraction;
   }
   respawn_at_ = std::min(respawn_at_, absl::Now() + delay);
+}
+
+int PoolCore::ReadyCountLocked() const {
+  int ready = 0;
+  for (const auto& [serial, w] : workers_) {
+    ready += w->state == WorkerState::kIdle || w->state == WorkerState::kBusy;
+  }
+  return ready;
+}
+
+bool PoolCore::DegradedLocked() const {
+  if (last_start_failure_.ok()) {
+    return false;
+  }
+  for (const auto& [serial, w] : workers_) {
+    if (w->state == WorkerState::kIdle || w->state == WorkerState::kBusy ||
+        (w->state == WorkerState::kStarting && !w->retry)) {
+      return false;  // a worker serves, or one may yet start
+    }
+  }
+  return true;
+}
+
+absl::Status PoolCore::DegradedErrorLocked() const {
+  return WithMessage(
+      last_start_failure_,
+      absl::StrCat("pool ", options_.name, " is degraded: its workers "
+                   "cannot start (", start_failures_in_row_,
+                   " attempts in a row; retrying with backoff): ",
+                   last_start_failure_.message()));
+}
+
+void PoolCore::RecordStartFailureLocked(absl::Status failure,
+                                        Deferred* deferred) {
+  if (start_failure_.ok()) {
+    start_failure_ = failure;
+  }
+  last_start_failure_ = std::move(failure);
+  ++start_failures_in_row_;
+  if (!DegradedLocked()) {
+    return;  // the queue waits for the workers that serve or may start
+  }
+  absl::Status error = DegradedErrorLocked();
+  for (auto& call : queue_) {
+    call->Finish(error, "", deferred);
+  }
+  queue_.clear();
 }
 
 void PoolCore::RespawnMissing() {
@@ -1288,13 +1343,15 @@ void PoolCore::RespawnMissing() {
     if (absl::Status s = SpawnWorker(); !s.ok()) {
       Log().error("pool {}: cannot start a worker: {}", options_.name,
                   std::string(s.message()));
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!catalogue_known_ && start_failure_.ok()) {
-        start_failure_ = s;  // fails Start
+      Deferred deferred;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        RecordStartFailureLocked(s, &deferred);
         changed_.notify_all();
+        ++missing_;
+        ScheduleRespawnLocked();
       }
-      ++missing_;
-      respawn_at_ = absl::Now() + absl::Seconds(1);
+      RunDeferred(deferred);
     }
   }
 }
@@ -1472,6 +1529,11 @@ PoolStats PoolCore::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   PoolStats stats;
   stats.size = options_.size;
+  stats.start_failure = last_start_failure_;
+  stats.state = closed_                       ? PoolState::kClosed
+                : !last_start_failure_.ok()   ? PoolState::kDegraded
+                : catalogue_known_            ? PoolState::kReady
+                                              : PoolState::kStarting;
   for (const auto& [serial, w] : workers_) {
     switch (w->state) {
       case WorkerState::kStarting:

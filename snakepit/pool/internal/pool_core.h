@@ -51,8 +51,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     return std::this_thread::get_id() == io_thread_.get_id();
   }
 
-  // Spawns the workers, starts the I/O thread and waits for readiness.
-  absl::Status Start();
+  // Spawns the workers and starts the I/O thread; with `wait`, waits
+  // until every worker is ready or one fails to start.
+  absl::Status Start(bool wait);
 
   Call Submit(std::string_view function, std::string args,
               const CallOptions& options);
@@ -84,6 +85,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     // Guarded by mu_.
     WorkerState state = WorkerState::kStarting;
     absl::Time ready_deadline = absl::InfiniteFuture();
+    // Spawned after a start failure, to retry it.
+    bool retry = false;
     std::shared_ptr<CallState> call;  // null once abandoned
     uint64_t running_id = 0;          // id whose final frame is awaited
     absl::Time kill_at = absl::InfiniteFuture();
@@ -167,6 +170,15 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void ScheduleRespawnLocked();
   void RespawnMissing();
 
+  // Start failures. REQUIRES: mu_ held. A pool whose last worker start
+  // failed, with no ready worker and none starting but retries, is
+  // degraded: its calls fail at once with DegradedErrorLocked() instead
+  // of waiting for a worker that cannot come.
+  int ReadyCountLocked() const;
+  bool DegradedLocked() const;
+  absl::Status DegradedErrorLocked() const;
+  void RecordStartFailureLocked(absl::Status failure, Deferred* deferred);
+
   // Dispatch. REQUIRES: mu_ held; returns the worker to send to, if any.
   std::shared_ptr<Worker> TakeIdleLocked(const CallState& call,
                                          absl::Status* refusal);
@@ -210,7 +222,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::map<std::string, FunctionInfo> catalogue_;        // guarded by mu_
   bool catalogue_known_ = false;                         // guarded by mu_
   bool closed_ = false;                                  // guarded by mu_
-  absl::Status start_failure_;                           // guarded by mu_
+  absl::Status start_failure_;  // the first; fails Start; guarded by mu_
+  absl::Status last_start_failure_;  // OK once a worker is ready; mu_
   int missing_ = 0;                // workers to respawn; guarded by mu_
   absl::Time respawn_at_ = absl::InfiniteFuture();       // guarded by mu_
   int start_failures_in_row_ = 0;                        // guarded by mu_
@@ -223,6 +236,7 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::map<std::string, uint64_t> restarts_by_reason_;   // guarded by mu_
   std::set<uint32_t> memory_reported_;                   // guarded by mu_
   uint64_t ping_seq_ = 0;                                // guarded by mu_
+  uint64_t jitter_state_;  // backoff jitter's generator; guarded by mu_
 
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> next_wake_ns_{0};  // when the loop will wake

@@ -1,0 +1,164 @@
+// Start-up of a Pool against real Python workers: calls made before the
+// workers are ready, and pools whose workers cannot start (degraded).
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "snakepit/base/status.h"
+#include "snakepit/pool/pool.h"
+
+namespace snakepit {
+namespace {
+
+std::string FixturePath(const std::string& name) {
+  return std::string(SNAKEPIT_TEST_DIR) + "/pool/fixtures/" + name;
+}
+
+// A pool over start_faults.py that returns at once (does not wait for
+// its workers), with `env` for the workers.
+std::unique_ptr<Pool> StartNow(std::map<std::string, std::string> env,
+                               int size = 2) {
+  PoolOptions options;
+  options.modules = {FixturePath("start_faults.py")};
+  options.python = "/usr/bin/python3";
+  options.size = size;
+  options.env = std::move(env);
+  options.wait_until_ready = false;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_TRUE(pool.ok()) << pool.status();
+  return pool.ok() ? std::move(*pool) : nullptr;
+}
+
+double SecondsSince(absl::Time start) {
+  return absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+CallOptions Within(absl::Duration timeout) {
+  CallOptions options;
+  options.timeout = timeout;
+  return options;
+}
+
+TEST(PoolStartTest, CallJustAfterStartWaitsForReadiness) {
+  std::unique_ptr<Pool> pool = StartNow({{"SP_IMPORT_DELAY", "0.3"}});
+  ASSERT_NE(pool, nullptr);
+  absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(pool->Stats().state, PoolState::kStarting);
+
+  absl::StatusOr<Value> r =
+      pool->Invoke("start_faults.echo", {{"value", 7}},
+                   Within(absl::Seconds(30)));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, 7);
+  EXPECT_EQ(pool->Stats().state, PoolState::kReady);
+}
+
+TEST(PoolStartTest, SlowImportPastDeadlineSaysPoolWasStarting) {
+  std::unique_ptr<Pool> pool = StartNow({{"SP_IMPORT_DELAY", "3"}});
+  ASSERT_NE(pool, nullptr);
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> r = pool->Invoke("start_faults.echo", {{"value", 1}},
+                                         Within(absl::Seconds(2)));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(ReasonOf(r.status()), "deadline_exceeded");
+  EXPECT_NE(r.status().message().find("the pool was starting"),
+            absl::string_view::npos)
+      << r.status();
+  EXPECT_LT(SecondsSince(start), 2.9);
+
+  // The workers still come up and serve.
+  r = pool->Invoke("start_faults.echo", {{"value", 2}},
+                   Within(absl::Seconds(30)));
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+TEST(PoolStartTest, ImportErrorDegradesAndFailsCallsFast) {
+  PoolOptions options;
+  options.modules = {FixturePath("broken_import.py")};
+  options.python = "/usr/bin/python3";
+  options.size = 2;
+  options.wait_until_ready = false;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> r = (*pool)->Invoke("broken_import.anything", {},
+                                            Within(absl::Seconds(30)));
+  EXPECT_LT(SecondsSince(start), 1.0);
+  EXPECT_EQ(ReasonOf(r.status()), "import_error") << r.status();
+  EXPECT_NE(r.status().message().find("this module fails at import"),
+            absl::string_view::npos)
+      << r.status();
+  EXPECT_NE(r.status().message().find("degraded"), absl::string_view::npos);
+
+  PoolStats stats = (*pool)->Stats();
+  EXPECT_EQ(stats.state, PoolState::kDegraded);
+  EXPECT_STREQ(PoolStateName(stats.state), "degraded");
+  EXPECT_EQ(ReasonOf(stats.start_failure), "import_error");
+
+  // Later calls fail at once too, while the pool keeps retrying.
+  start = absl::Now();
+  r = (*pool)->Invoke("broken_import.anything", {},
+                      Within(absl::Seconds(30)));
+  EXPECT_EQ(ReasonOf(r.status()), "import_error");
+  EXPECT_LT(SecondsSince(start), 0.5);
+}
+
+TEST(PoolStartTest, CrashAtEveryStartFailsCallsWithStderrTail) {
+  std::unique_ptr<Pool> pool = StartNow({{"SP_CRASH_AT_IMPORT", "1"}});
+  ASSERT_NE(pool, nullptr);
+  absl::Time start = absl::Now();
+  absl::StatusOr<Value> r = pool->Invoke("start_faults.echo", {{"value", 1}},
+                                         Within(absl::Seconds(30)));
+  EXPECT_LT(SecondsSince(start), 1.0);
+  EXPECT_EQ(ReasonOf(r.status()), "worker_start_failed") << r.status();
+  std::string message(r.status().message());
+  EXPECT_NE(message.find("exited with status 3"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("native library missing"), std::string::npos)
+      << message;
+  EXPECT_EQ(pool->Stats().state, PoolState::kDegraded);
+}
+
+TEST(PoolStartTest, DegradedPoolRecoversWhenWorkersCanStart) {
+  char flag[] = "/tmp/snakepit-start-flag-XXXXXX";
+  int fd = mkstemp(flag);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  std::unique_ptr<Pool> pool = StartNow({{"SP_FAIL_WHILE", flag}}, 1);
+  ASSERT_NE(pool, nullptr);
+
+  absl::Time limit = absl::Now() + absl::Seconds(10);
+  while (pool->Stats().state != PoolState::kDegraded && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(pool->Stats().state, PoolState::kDegraded);
+  EXPECT_GE(pool->Stats().restarts_by_reason["start_failure"], 1u);
+
+  // Backoff stays under a second for the first few retries.
+  std::remove(flag);
+  limit = absl::Now() + absl::Seconds(10);
+  while (pool->Stats().state != PoolState::kReady && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  PoolStats stats = pool->Stats();
+  EXPECT_EQ(stats.state, PoolState::kReady);
+  EXPECT_TRUE(stats.start_failure.ok());
+  absl::StatusOr<Value> r = pool->Invoke("start_faults.echo", {{"value", 3}},
+                                         Within(absl::Seconds(10)));
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+TEST(PoolStartTest, WaitingStartStillFailsWithTheImportError) {
+  PoolOptions options;
+  options.modules = {FixturePath("broken_import.py")};
+  options.python = "/usr/bin/python3";
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_EQ(ReasonOf(pool.status()), "import_error") << pool.status();
+}
+
+}  // namespace
+}  // namespace snakepit
