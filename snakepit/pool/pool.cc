@@ -24,6 +24,12 @@ absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("pool ", options.name, " has no modules to import"));
   }
+  if (options.max_concurrency < 1 || options.max_concurrency > 256) {
+    return ReasonError(
+        reason::kInvalidArgument,
+        absl::StrCat("pool ", options.name, ": max_concurrency must be "
+                     "between 1 and 256, not ", options.max_concurrency));
+  }
   worker::WorkerSpec spec;
   spec.pool = options.name;
   spec.python = options.python;
@@ -48,6 +54,7 @@ absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
   spec.env = options.env;
   spec.max_payload = options.max_payload_bytes;
   spec.max_depth = options.max_depth;
+  spec.max_concurrency = options.max_concurrency;
   return spec;
 }
 

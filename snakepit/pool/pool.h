@@ -6,8 +6,9 @@
 //   absl::StatusOr<snakepit::Value> r =
 //       (*pool)->Submit("ml.predict", {{"digits", 5}}).Get();
 //
-// Each worker runs one call at a time. Calls wait in a bounded FIFO queue
-// for a free worker; one deadline covers the wait and the run. A worker
+// Each worker runs one call at a time (max_concurrency raises it). Calls
+// wait in a bounded FIFO queue for a free worker; one deadline covers the
+// wait and the run. A worker
 // that dies is reaped and replaced; its call fails with worker_crashed.
 
 #ifndef SNAKEPIT_POOL_POOL_H_
@@ -41,6 +42,10 @@ struct PoolOptions {
   std::vector<std::string> search_paths;
   // Number of worker processes, started concurrently.
   int size = 2;
+  // Calls each worker runs at once: sync functions on a thread pool of
+  // this size, `async def` ones as tasks on the worker's event loop. The
+  // pool's capacity is size × max_concurrency slots.
+  int max_concurrency = 1;
   // Extra environment for the workers, over the host's own.
   std::map<std::string, std::string> env;
   // Time allowed from spawn until a worker is ready (imports and on_start

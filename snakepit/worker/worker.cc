@@ -107,6 +107,10 @@ std::vector<std::string> WorkerArgv(const WorkerSpec& spec) {
   }
   argv.insert(argv.end(), {"--max-payload", std::to_string(spec.max_payload),
                            "--max-depth", std::to_string(spec.max_depth)});
+  if (spec.max_concurrency > 1) {
+    argv.insert(argv.end(), {"--max-concurrency",
+                             std::to_string(spec.max_concurrency)});
+  }
   return argv;
 }
 

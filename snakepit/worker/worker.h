@@ -30,6 +30,7 @@ struct WorkerSpec {
   std::map<std::string, std::string> env;
   uint32_t max_payload = 0;
   int max_depth = 0;
+  int max_concurrency = 1;  // calls a worker runs at once
   std::string runtime_dir;  // folder holding the snakepit package
 };
 

@@ -298,8 +298,8 @@ void PoolCore::Cancel(const std::shared_ptr<CallState>& call) {
       queue_.erase(queued);
     }
     for (auto& [serial, w] : workers_) {
-      if (w->call == call) {
-        AbandonLocked(*w);
+      if (RunningLocked(*w, call->id) == call) {
+        AbandonLocked(*w, call->id);
       }
     }
   }
@@ -308,9 +308,9 @@ void PoolCore::Cancel(const std::shared_ptr<CallState>& call) {
 
 std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked(
     const CallState& call, absl::Status* refusal) {
-  // Drop entries of workers that are no longer idle.
+  // Drop entries of workers that no longer have a free slot.
   std::erase_if(idle_, [](const std::shared_ptr<Worker>& w) {
-    return w->state != WorkerState::kIdle;
+    return !HasFreeSlotLocked(*w);
   });
   std::shared_ptr<Worker> pinned;
   bool pinned_alive = false;
@@ -324,8 +324,10 @@ std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked(
       }
     }
   }
-  if (pinned && pinned->state == WorkerState::kIdle) {
-    std::erase(idle_, pinned);
+  if (pinned && HasFreeSlotLocked(*pinned)) {
+    if (static_cast<int>(pinned->running.size()) + 1 >= pinned->slots) {
+      std::erase(idle_, pinned);
+    }
     return pinned;
   }
   if (call.affinity == Affinity::kStrictFail && pinned) {
@@ -350,9 +352,35 @@ std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked(
   if (idle_.empty()) {
     return nullptr;
   }
-  std::shared_ptr<Worker> w = std::move(idle_.back());
-  idle_.pop_back();
+  // The least loaded worker; among equals the one freed last, whose
+  // memory is warmest.
+  auto best = idle_.end() - 1;
+  for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+    if ((*it)->running.size() < (*best)->running.size()) {
+      best = it;
+    }
+  }
+  std::shared_ptr<Worker> w = *best;
+  if (static_cast<int>(w->running.size()) + 1 >= w->slots) {
+    idle_.erase(best);
+  }
   return w;
+}
+
+bool PoolCore::HasFreeSlotLocked(const Worker& w) {
+  return (w.state == WorkerState::kIdle || w.state == WorkerState::kBusy) &&
+         !w.retiring && w.abandoned == 0 &&
+         static_cast<int>(w.running.size()) < w.slots;
+}
+
+std::shared_ptr<CallState> PoolCore::RunningLocked(const Worker& w,
+                                                   uint64_t id) {
+  for (const auto& [running_id, call] : w.running) {
+    if (running_id == id) {
+      return call;
+    }
+  }
+  return nullptr;
 }
 
 bool PoolCore::MayRunOnLocked(const CallState& call, const Worker& w) const {
@@ -366,8 +394,7 @@ bool PoolCore::MayRunOnLocked(const CallState& call, const Worker& w) const {
 
 void PoolCore::AssignLocked(Worker& w, const std::shared_ptr<CallState>& call) {
   w.state = WorkerState::kBusy;
-  w.call = call;
-  w.running_id = call->id;
+  w.running.emplace_back(call->id, call);
   if (!call->session.empty()) {
     affinity_[call->session] = w.serial;
     w.sessions_held.insert(call->session);
@@ -383,10 +410,11 @@ void PoolCore::AssignLocked(Worker& w, const std::shared_ptr<CallState>& call) {
 }
 
 void PoolCore::DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
-                                    Deferred* deferred,
-                                    std::shared_ptr<CallState>* to_send) {
+                                    Deferred* deferred, CallList* to_send) {
+  w->state = w->running.empty() ? WorkerState::kIdle : WorkerState::kBusy;
   absl::Time now = absl::Now();
-  for (auto it = queue_.begin(); it != queue_.end();) {
+  for (auto it = queue_.begin();
+       it != queue_.end() && HasFreeSlotLocked(*w);) {
     if (!(*it)->done_flag.load() && (*it)->deadline > now &&
         !MayRunOnLocked(**it, *w)) {
       ++it;  // waits for the worker its session is pinned to
@@ -409,11 +437,45 @@ void PoolCore::DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
       continue;
     }
     AssignLocked(*w, call);
-    *to_send = std::move(call);
+    to_send->push_back(std::move(call));
+  }
+  if (HasFreeSlotLocked(*w) &&
+      std::find(idle_.begin(), idle_.end(), w) == idle_.end()) {
+    idle_.push_back(w);
+  }
+}
+
+void PoolCore::SettleLocked(const std::shared_ptr<Worker>& w,
+                            Deferred* deferred, CallList* to_send) {
+  if (w->state == WorkerState::kExited ||
+      w->state == WorkerState::kStarting) {
     return;
   }
-  w->state = WorkerState::kIdle;
-  idle_.push_back(w);
+  if (w->retiring) {
+    SayGoodbyeIfDoneLocked(*w);
+    return;
+  }
+  if (w->abandoned > 0) {
+    w->state = WorkerState::kStopping;  // no new calls until they answer
+    return;
+  }
+  if (closed_) {
+    w->state = w->running.empty() ? WorkerState::kIdle : WorkerState::kBusy;
+    return;
+  }
+  std::string recycle = RecycleReasonLocked(*w);
+  if (!recycle.empty()) {
+    RetireLocked(*w, recycle);
+    return;
+  }
+  DispatchQueuedLocked(w, deferred, to_send);
+}
+
+void PoolCore::SendCalls(const std::shared_ptr<Worker>& w,
+                         const CallList& calls) {
+  for (const std::shared_ptr<CallState>& call : calls) {
+    SendCall(w, call);
+  }
 }
 
 void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
@@ -454,20 +516,24 @@ void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
                           absl::StrCat("cannot send the call to worker ",
                                        w->pid, ": ", sent.message()));
     call->Finish(failure, "", &deferred);
-    if (w->call == call) {
-      w->call = nullptr;
-    }
+    std::erase_if(w->running,
+                  [&](const auto& entry) { return entry.second == call; });
     w->process->SignalGroup(SIGKILL);
   }
   RunDeferred(deferred);
 }
 
-void PoolCore::AbandonLocked(Worker& w) {
-  w.call = nullptr;
+void PoolCore::AbandonLocked(Worker& w, uint64_t id) {
+  for (auto& [running_id, call] : w.running) {
+    if (running_id == id && call) {
+      call = nullptr;
+      ++w.abandoned;
+    }
+  }
   w.state = WorkerState::kStopping;
-  w.kill_at = absl::Now() + options_.cancel_grace;
+  w.kill_at = std::min(w.kill_at, absl::Now() + options_.cancel_grace);
   // A failed send means the worker is dying; its exit is handled anyway.
-  (void)w.process->SendControl(FrameType::kCancel, w.running_id);
+  (void)w.process->SendControl(FrameType::kCancel, id);
 }
 
 // ---------------------------------------------------------------------------
@@ -519,8 +585,10 @@ int PoolCore::NextTimeoutMs() {
       next = std::min(next, call->deadline);
     }
     for (const auto& [serial, w] : workers_) {
-      if (w->call) {
-        next = std::min(next, w->call->deadline);
+      for (const auto& [id, call] : w->running) {
+        if (call) {
+          next = std::min(next, call->deadline);
+        }
       }
       next = std::min({next, w->kill_at, w->ready_deadline});
       if (w->state == WorkerState::kIdle) {
@@ -629,7 +697,7 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [serial, candidate] : workers_) {
-      if (candidate->call == call) {
+      if (RunningLocked(*candidate, call->id) == call) {
         w = candidate;
         break;
       }
@@ -791,9 +859,7 @@ void PoolCore::HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
       std::shared_ptr<CallState> call;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (frame.id == w->running_id) {
-          call = w->call;
-        }
+        call = RunningLocked(*w, frame.id);
       }
       // Outside mu_: a chunk callback may call back into the pool.
       if (call && !call->AddChunk(std::move(frame.body))) {
@@ -806,8 +872,8 @@ void PoolCore::HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
                                      "-byte payload limit; read it with "
                                      "Next() or as a stream")),
             "", deferred);
-        if (w->call == call) {
-          AbandonLocked(*w);
+        if (RunningLocked(*w, frame.id) == call) {
+          AbandonLocked(*w, frame.id);
         }
       }
       return;
@@ -842,12 +908,15 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
                deferred);
     return;
   }
-  std::shared_ptr<CallState> to_send;
+  CallList to_send;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (w->state != WorkerState::kStarting) {
       return;
     }
+    w->slots = static_cast<int>(std::clamp<int64_t>(
+        IntField(*header, "max_concurrency", 1), 1,
+        std::max(1, options_.max_concurrency)));
     if (!catalogue_known_) {
       for (const Value& entry : (*header)["functions"]) {
         FunctionInfo info{StringField(entry, "name"),
@@ -872,9 +941,7 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
     changed_.notify_all();
   }
   Log().debug("pool {} worker {} ready", options_.name, w->pid);
-  if (to_send) {
-    SendCall(w, to_send);
-  }
+  SendCalls(w, to_send);
 }
 
 void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
@@ -884,36 +951,30 @@ void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
     absl::StatusOr<Value> header = protocol::DecodeHeader(frame.header);
     status = header.ok() ? ErrorFromHeader(*header) : header.status();
   }
-  std::shared_ptr<CallState> to_send;
+  CallList to_send;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (frame.id == 0 || frame.id != w->running_id) {
+    auto it = std::find_if(w->running.begin(), w->running.end(),
+                           [&](const auto& e) { return e.first == frame.id; });
+    if (frame.id == 0 || it == w->running.end()) {
       // A late reply to a call that has moved on: never hand it on.
       return;
     }
-    if (w->call) {
-      w->call->Finish(status, std::move(frame.body), deferred);
+    std::shared_ptr<CallState> call = std::move(it->second);
+    w->running.erase(it);
+    if (call) {
+      call->Finish(status, std::move(frame.body), deferred);
+    } else if (--w->abandoned == 0 && !w->retiring) {
+      w->kill_at = absl::InfiniteFuture();  // it stopped in time
     }
-    w->call = nullptr;
-    w->running_id = 0;
-    w->kill_at = absl::InfiniteFuture();
     ++w->calls_served;
-    std::string recycle = closed_ ? "" : RecycleReasonLocked(*w);
-    if (!recycle.empty()) {
-      RetireLocked(*w, recycle);
-    } else if (!closed_) {
-      DispatchQueuedLocked(w, deferred, &to_send);
-    } else {
-      w->state = WorkerState::kIdle;
-    }
+    SettleLocked(w, deferred, &to_send);
     w->next_ping = absl::Now() + options_.liveness_interval;
     w->pong_due = absl::InfiniteFuture();
     changed_.notify_all();
   }
   FlushSessionEnds(w);
-  if (to_send) {
-    SendCall(w, to_send);
-  }
+  SendCalls(w, to_send);
 }
 
 std::string PoolCore::RecycleReasonLocked(Worker& w) {
@@ -953,14 +1014,22 @@ void PoolCore::RetireLocked(Worker& w, const std::string& reason) {
   w.retiring = true;
   w.exit_reason = reason;
   w.state = WorkerState::kStopping;
-  w.kill_at = absl::Now() + options_.cancel_grace + absl::Seconds(5);
   // The replacement starts now, while this one exits.
   ++missing_;
   respawn_at_ = std::min(respawn_at_, absl::Now());
-  (void)w.process->Send(FrameType::kGoodbye, 0, "", "",
-                        absl::Now() + absl::Seconds(1));
+  w.goodbye_due = true;
+  SayGoodbyeIfDoneLocked(w);
   Log().debug("pool {} worker {} recycled ({}) after {} calls",
               options_.name, w.pid, reason, w.calls_served);
+}
+
+void PoolCore::SayGoodbyeIfDoneLocked(Worker& w) {
+  if (!w.running.empty() || !std::exchange(w.goodbye_due, false)) {
+    return;  // its calls finish first; SettleLocked comes back here
+  }
+  w.kill_at = absl::Now() + options_.cancel_grace + absl::Seconds(5);
+  (void)w.process->Send(FrameType::kGoodbye, 0, "", "",
+                        absl::Now() + absl::Seconds(1));
 }
 
 void PoolCore::HandleLog(Worker& w, const protocol::Frame& frame) {
@@ -996,8 +1065,8 @@ void PoolCore::HandleSessionOp(Worker& w, const protocol::Frame& frame) {
   std::string call_session;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (frame.id == w.running_id && w.call) {
-      call_session = w.call->session;
+    if (std::shared_ptr<CallState> call = RunningLocked(w, frame.id)) {
+      call_session = call->session;
     }
   }
   if (header.ok()) {
@@ -1124,9 +1193,11 @@ void PoolCore::KillBroken(Worker& w, absl::Status why, Deferred* deferred) {
   Log().error("pool {} worker {}: {}; killing it", options_.name, w.pid,
               std::string(why.message()));
   std::lock_guard<std::mutex> lock(mu_);
-  if (w.call) {
-    w.call->Finish(why, "", deferred);
-    w.call = nullptr;
+  for (auto& [id, call] : w.running) {
+    if (call) {
+      call->Finish(why, "", deferred);
+      call = nullptr;
+    }
   }
   if (w.state == WorkerState::kStarting && w.fatal.ok()) {
     w.fatal = why;
@@ -1221,13 +1292,15 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   std::lock_guard<std::mutex> lock(mu_);
   WorkerState was = w->state;
   w->state = WorkerState::kExited;
-  if (w->call) {
-    w->call->Finish(ReasonError(reason::kWorkerCrashed,
-                                absl::StrCat("worker ", w->pid, " ", how,
-                                             " during the call")),
-                    "", deferred);
-    w->call = nullptr;
+  for (auto& [id, call] : w->running) {
+    if (call) {
+      call->Finish(ReasonError(reason::kWorkerCrashed,
+                               absl::StrCat("worker ", w->pid, " ", how,
+                                            " during the call")),
+                   "", deferred);
+    }
   }
+  w->running.clear();
   if (was == WorkerState::kStarting) {
     absl::Status failure = w->fatal;
     std::string tail = w->stderr_tail.size() > kStderrTailBytes
@@ -1381,16 +1454,18 @@ void PoolCore::ExpireLocked(absl::Time now, Deferred* deferred) {
     }
   }
   for (auto& [serial, w] : workers_) {
-    if (w->call && w->call->deadline <= now) {
-      w->call->Finish(
-          ReasonError(reason::kDeadlineExceeded,
-                      absl::StrCat("deadline of ",
-                                   ShortDuration(w->call->deadline -
-                                                  w->call->submitted),
-                                   " passed while the call ran on worker ",
-                                   w->pid)),
-          "", deferred);
-      AbandonLocked(*w);
+    for (auto& [id, call] : w->running) {
+      if (call && call->deadline <= now) {
+        call->Finish(
+            ReasonError(reason::kDeadlineExceeded,
+                        absl::StrCat("deadline of ",
+                                     ShortDuration(call->deadline -
+                                                   call->submitted),
+                                     " passed while the call ran on worker ",
+                                     w->pid)),
+            "", deferred);
+        AbandonLocked(*w, id);
+      }
     }
     if (w->ready_deadline <= now) {
       w->ready_deadline = absl::InfiniteFuture();
@@ -1464,13 +1539,15 @@ void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
       changed_.wait_until(lock, absl::ToChronoTime(absl::Now() + drain),
                           idle);
       for (auto& [serial, w] : workers_) {
-        if (w->call) {
-          w->call->Finish(
-              ReasonError(reason::kPoolClosed,
-                          absl::StrCat("pool ", options_.name,
-                                       " shut down during the call")),
-              "", &deferred);
-          w->call = nullptr;
+        for (auto& [id, call] : w->running) {
+          if (call) {
+            call->Finish(
+                ReasonError(reason::kPoolClosed,
+                            absl::StrCat("pool ", options_.name,
+                                         " shut down during the call")),
+                "", &deferred);
+            call = nullptr;
+          }
         }
       }
     }

@@ -42,6 +42,8 @@ namespace snakepit::internal {
 
 class PoolCore : public std::enable_shared_from_this<PoolCore> {
  public:
+  using CallList = std::vector<std::shared_ptr<CallState>>;
+
   PoolCore(PoolOptions options, worker::WorkerSpec spec, os::Waker waker,
            os::UniqueFd epoll);
   ~PoolCore();
@@ -87,8 +89,13 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     absl::Time ready_deadline = absl::InfiniteFuture();
     // Spawned after a start failure, to retry it.
     bool retry = false;
-    std::shared_ptr<CallState> call;  // null once abandoned
-    uint64_t running_id = 0;          // id whose final frame is awaited
+    // Calls in flight by id, whose final frames are awaited; a null
+    // CallState marks a call abandoned (cancelled or past its deadline).
+    // A worker runs up to `slots` at once (READY's max_concurrency).
+    std::vector<std::pair<uint64_t, std::shared_ptr<CallState>>> running;
+    int slots = 1;
+    int abandoned = 0;
+    bool goodbye_due = false;         // retiring: GOODBYE once running ends
     absl::Time kill_at = absl::InfiniteFuture();
     absl::Status fatal;               // what a FATAL frame said
     absl::Time started = absl::Now();
@@ -185,12 +192,24 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // Whether queued `call` may go to `w` now (strict affinity).
   bool MayRunOnLocked(const CallState& call, const Worker& w) const;
   void AssignLocked(Worker& w, const std::shared_ptr<CallState>& call);
+  // Whether `w` takes another call now. REQUIRES: mu_ held.
+  static bool HasFreeSlotLocked(const Worker& w);
+  // Fills `w`'s free slots from the queue (calls to send go to
+  // `to_send`) and sets its state; idle workers join idle_.
   void DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
-                            Deferred* deferred,
-                            std::shared_ptr<CallState>* to_send);
+                            Deferred* deferred, CallList* to_send);
+  // After a call left `w`: retires, recycles or refills it.
+  void SettleLocked(const std::shared_ptr<Worker>& w, Deferred* deferred,
+                    CallList* to_send);
+  void SendCalls(const std::shared_ptr<Worker>& w, const CallList& calls);
   void SendCall(const std::shared_ptr<Worker>& w,
                 const std::shared_ptr<CallState>& call);
-  void AbandonLocked(Worker& w);
+  // Gives up on call `id` of `w`: asks the worker to cancel it, and kills
+  // the worker if it has not answered within cancel_grace.
+  void AbandonLocked(Worker& w, uint64_t id);
+  // The call `id` runs as on `w`; null if it is not running or abandoned.
+  static std::shared_ptr<CallState> RunningLocked(const Worker& w,
+                                                  uint64_t id);
 
   // Sessions: ctx.session requests from a worker, and SESSION_END.
   void HandleSessionOp(Worker& w, const protocol::Frame& frame);
@@ -200,6 +219,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // after the call it just finished, or "".
   std::string RecycleReasonLocked(Worker& w);
   void RetireLocked(Worker& w, const std::string& reason);
+  // Sends a retiring worker GOODBYE once it runs no call.
+  void SayGoodbyeIfDoneLocked(Worker& w);
 
   // Deadlines and timers. REQUIRES: mu_ held.
   void ExpireLocked(absl::Time now, Deferred* deferred);
