@@ -416,7 +416,9 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
   TableReader r(
       table, "pool", file,
       {"name", "modules", "paths", "python", "size", "max_queue",
-       "startup_timeout", "cancel_grace", "max_payload_bytes", "env"});
+       "startup_timeout", "cancel_grace", "max_payload_bytes",
+       "max_concurrency", "max_calls_per_worker", "max_worker_age",
+       "max_worker_rss_bytes", "env"});
   r.Read("name", &pool->name);
   r.Check("name", !pool->name.empty(), "is empty");
   r.Read("modules", &pool->modules);
@@ -429,6 +431,12 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
   r.Read("startup_timeout", &pool->startup_timeout);
   r.Read("cancel_grace", &pool->cancel_grace);
   r.ReadInt("max_payload_bytes", 1, kMaxU32, &pool->max_payload_bytes);
+  r.ReadInt("max_concurrency", 1, 256, &pool->max_concurrency);
+  r.ReadInt("max_calls_per_worker", 0, std::numeric_limits<int64_t>::max(),
+            &pool->max_calls_per_worker);
+  r.Read("max_worker_age", &pool->max_worker_age);
+  r.ReadInt("max_worker_rss_bytes", 0, std::numeric_limits<int64_t>::max(),
+            &pool->max_worker_rss_bytes);
   const toml::table* env = r.Table("env");
   if (env == nullptr) {
     return r.status();
@@ -789,6 +797,12 @@ void PrintPool(const PoolConfig& pool, std::string* out) {
   AppendKey(out, "startup_timeout", QuoteDuration(pool.startup_timeout));
   AppendKey(out, "cancel_grace", QuoteDuration(pool.cancel_grace));
   AppendKey(out, "max_payload_bytes", absl::StrCat(pool.max_payload_bytes));
+  AppendKey(out, "max_concurrency", absl::StrCat(pool.max_concurrency));
+  AppendKey(out, "max_calls_per_worker",
+            absl::StrCat(pool.max_calls_per_worker));
+  AppendKey(out, "max_worker_age", QuoteDuration(pool.max_worker_age));
+  AppendKey(out, "max_worker_rss_bytes",
+            absl::StrCat(pool.max_worker_rss_bytes));
   if (pool.env.empty()) {
     return;
   }

@@ -26,6 +26,11 @@ struct PoolConfig {
   absl::Duration startup_timeout = absl::Seconds(60);
   absl::Duration cancel_grace = absl::Seconds(2);
   uint32_t max_payload_bytes = 256u << 20;
+  int max_concurrency = 1;
+  // Recycling; 0: no limit.
+  uint64_t max_calls_per_worker = 0;
+  absl::Duration max_worker_age = absl::ZeroDuration();
+  uint64_t max_worker_rss_bytes = 0;
   std::map<std::string, std::string> env;
 
   friend bool operator==(const PoolConfig&, const PoolConfig&) = default;
