@@ -128,7 +128,7 @@ void Drive(const std::shared_ptr<internal::CallState>& state,
 
 }  // namespace
 
-absl::StatusOr<std::string> Call::GetRaw() const {
+absl::StatusOr<std::string> Call::GetRaw() const& {
   Drive(state_, absl::InfiniteFuture());
   std::unique_lock<std::mutex> lock(state_->mu);
   state_->cv.wait(lock, [&] { return state_->done; });
@@ -148,8 +148,29 @@ absl::StatusOr<std::string> Call::GetRaw() const {
   return out;
 }
 
-absl::StatusOr<Value> Call::Get() const {
+absl::StatusOr<std::string> Call::GetRaw() && {
+  Drive(state_, absl::InfiniteFuture());
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock, [&] { return state_->done; });
+  // Once the call is done the pool lets go of its state, so a count of
+  // one means no other handle can read the result after this one.
+  if (state_->status.ok() && !state_->streams && state_.use_count() == 1) {
+    return std::move(state_->result);
+  }
+  lock.unlock();
+  return static_cast<const Call&>(*this).GetRaw();
+}
+
+absl::StatusOr<Value> Call::Get() const& {
   absl::StatusOr<std::string> raw = GetRaw();
+  if (!raw.ok()) {
+    return raw.status();
+  }
+  return DecodeValue(*raw);
+}
+
+absl::StatusOr<Value> Call::Get() && {
+  absl::StatusOr<std::string> raw = std::move(*this).GetRaw();
   if (!raw.ok()) {
     return raw.status();
   }

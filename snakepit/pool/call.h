@@ -36,10 +36,15 @@ class Call {
 
   // Waits for the end and decodes the result. A generator's result is the
   // array of everything it yielded that Next() did not take.
-  absl::StatusOr<Value> Get() const;
+  absl::StatusOr<Value> Get() const&;
+  absl::StatusOr<Value> Get() &&;
 
-  // Waits for the end; the result as msgpack bytes, undecoded.
-  absl::StatusOr<std::string> GetRaw() const;
+  // Waits for the end; the result as msgpack bytes, undecoded. On the
+  // last handle of a call (`pool.SubmitRaw(...).GetRaw()`, or after
+  // std::move) the result is moved out rather than copied, which for big
+  // results saves a copy and its page faults.
+  absl::StatusOr<std::string> GetRaw() const&;
+  absl::StatusOr<std::string> GetRaw() &&;
 
   // Waits up to `timeout` for the end; true when it has ended.
   bool WaitFor(absl::Duration timeout) const;
