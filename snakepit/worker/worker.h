@@ -31,6 +31,9 @@ struct WorkerSpec {
   uint32_t max_payload = 0;
   int max_depth = 0;
   std::string runtime_dir;  // folder holding the snakepit package
+  // The host's run (RunRegistry::run_id()), given to the worker as
+  // SNAKEPIT_RUN_ID; empty leaves the variable as the host has it.
+  std::string run_id;
 };
 
 // Splits user-facing module arguments ("examples/ml.py", "pkg.mod") into
