@@ -51,7 +51,10 @@ inline constexpr char kRunDirVariable[] = "SNAKEPIT_RUN_DIR";
 //
 // Thread-safe. The run's file lives until the object is destroyed, which
 // removes it; if the host dies first, the file stays and a later reaper
-// finds the run stale.
+// finds the run stale. A child the host forks without exec shares the
+// lock, and keeps the run live while it lives. AddWorker and
+// RemoveWorker rewrite the file (a handful of syscalls): call them
+// outside locks that calls wait on.
 class RunRegistry {
  public:
   // Starts a new run in `dir` ("" means DefaultDir()). Creates the
@@ -124,7 +127,9 @@ class RunRegistry {
 
   // Guarded by mu_.
   mutable std::mutex mu_;
-  os::UniqueFd file_;                  // holds the lock on path()
+  // Holds the lock on path(). Close-on-exec: a worker that inherited it
+  // would keep the run looking live after the host died.
+  os::UniqueFd file_;
   std::map<pid_t, uint64_t> workers_;  // pid -> start time
 };
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 
+#include "snakepit/os/file.h"
 #include "snakepit/os/process.h"
 #include "snakepit/testing/processes.h"
 #include "snakepit/worker/worker.h"
@@ -193,7 +194,17 @@ std::string Header(const std::string& id) {
                       "\n");
 }
 
-constexpr char kStaleId[] = "0123456789abcdef0123456789abcdef";
+// A fresh run id: tests that run at the same time must not share one,
+// or one's reap would kill the other's processes.
+std::string NewId() {
+  unsigned char raw[16];
+  os::ReadRandom(raw, sizeof(raw));
+  std::string id;
+  for (unsigned char byte : raw) {
+    absl::StrAppend(&id, absl::Hex(byte, absl::kZeroPad2));
+  }
+  return id;
+}
 
 TEST(RunRegistryTest, OpenRecordsTheRunAndItsWorkers) {
   TempDir dir;
@@ -270,12 +281,13 @@ TEST(RunRegistryTest, DefaultDirFollowsXdgRuntimeDir) {
 }
 
 TEST(RunRegistryTest, WorkerEnvCarriesTheRunId) {
+  const std::string id = NewId();
   WorkerSpec spec;
-  spec.run_id = kStaleId;
+  spec.run_id = id;
   std::vector<std::string> env = WorkerEnv(spec);
-  EXPECT_NE(std::find(env.begin(), env.end(),
-                      absl::StrCat("SNAKEPIT_RUN_ID=", kStaleId)),
-            env.end());
+  EXPECT_NE(
+      std::find(env.begin(), env.end(), absl::StrCat("SNAKEPIT_RUN_ID=", id)),
+      env.end());
 }
 
 // (a) A host dies by SIGKILL; a later reap kills its two workers and
@@ -312,12 +324,13 @@ TEST(RunRegistryTest, ReapKillsWhatACrashedHostLeft) {
 // run's: a wrong start time, or no marker, and the process is spared.
 TEST(RunRegistryTest, ReapSparesProcessesThatOnlyReuseARecordedPid) {
   TempDir dir;
+  const std::string stale_id = NewId();
   Sleeper wrong_start;                  // unmarked, recorded start differs
   Sleeper right_start;                  // unmarked, recorded start matches
-  Sleeper marked_wrong(kStaleId);       // marked, recorded start differs
-  Sleeper marked_unrecorded(kStaleId);  // the run's own, killed
-  WriteText(RunFile(dir.path(), kStaleId),
-            absl::StrCat(Header(kStaleId), "worker ", wrong_start.pid(), " ",
+  Sleeper marked_wrong(stale_id);       // marked, recorded start differs
+  Sleeper marked_unrecorded(stale_id);  // the run's own, killed
+  WriteText(RunFile(dir.path(), stale_id),
+            absl::StrCat(Header(stale_id), "worker ", wrong_start.pid(), " ",
                          StartTime(wrong_start.pid()) + 1, "\n", "worker ",
                          right_start.pid(), " ", StartTime(right_start.pid()),
                          "\n", "worker ", marked_wrong.pid(), " ",
@@ -330,22 +343,23 @@ TEST(RunRegistryTest, ReapSparesProcessesThatOnlyReuseARecordedPid) {
   EXPECT_TRUE(wrong_start.Running());
   EXPECT_TRUE(right_start.Running());
   EXPECT_TRUE(marked_wrong.Running());
-  EXPECT_FALSE(fs::exists(RunFile(dir.path(), kStaleId)));
+  EXPECT_FALSE(fs::exists(RunFile(dir.path(), stale_id)));
 }
 
 // A run recorded in another boot can have left nothing alive: its file
 // is removed without a scan.
 TEST(RunRegistryTest, ReapIgnoresProcessesOfARunFromAnotherBoot) {
   TempDir dir;
-  Sleeper marked(kStaleId);
-  WriteText(RunFile(dir.path(), kStaleId),
-            absl::StrCat("snakepit-run 1\nrun ", kStaleId,
+  const std::string stale_id = NewId();
+  Sleeper marked(stale_id);
+  WriteText(RunFile(dir.path(), stale_id),
+            absl::StrCat("snakepit-run 1\nrun ", stale_id,
                          "\nhost 999999 1 00000000-0000-0000-0000-0000000"
                          "00000\n"));
 
   EXPECT_EQ(RunRegistry::ReapStale(dir.path()).value_or(-1), 0);
   EXPECT_TRUE(marked.Running());
-  EXPECT_FALSE(fs::exists(RunFile(dir.path(), kStaleId)));
+  EXPECT_FALSE(fs::exists(RunFile(dir.path(), stale_id)));
 }
 
 // (c) Live runs in one directory, in this process and in another, never
@@ -384,10 +398,10 @@ TEST(RunRegistryTest, LiveRunsInOneDirectoryLeaveEachOtherAlone) {
 // torn worker line does not stop the run's marked processes from going.
 TEST(RunRegistryTest, ReapIgnoresGarbageAndReadsTornFiles) {
   TempDir dir;
-  const std::string garbage_id = "11111111111111111111111111111111";
-  const std::string torn_id = "22222222222222222222222222222222";
-  const std::string empty_id = "33333333333333333333333333333333";
-  const std::string temp_id = "44444444444444444444444444444444";
+  const std::string garbage_id = NewId();
+  const std::string torn_id = NewId();
+  const std::string empty_id = NewId();
+  const std::string temp_id = NewId();
   Sleeper of_garbage(garbage_id);
   Sleeper of_torn(torn_id);
   Sleeper recorded_in_torn;  // unmarked; its line is cut short
@@ -425,8 +439,9 @@ TEST(RunRegistryTest, ReapOfAMissingDirectoryIsNotFound) {
 // The process-wide run reaps its directory before it opens, once.
 TEST(RunRegistryTest, DefaultReapsFirstAndIsShared) {
   TempDir dir;
-  Sleeper leftover(kStaleId);
-  WriteText(RunFile(dir.path(), kStaleId), Header(kStaleId));
+  const std::string stale_id = NewId();
+  Sleeper leftover(stale_id);
+  WriteText(RunFile(dir.path(), stale_id), Header(stale_id));
   ::setenv(kRunDirVariable, dir.path().c_str(), 1);
 
   auto first = RunRegistry::Default();
