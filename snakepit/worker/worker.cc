@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "snakepit/base/status.h"
 #include "snakepit/os/process.h"
+#include "snakepit/worker/run_registry.h"
 
 extern char** environ;
 
@@ -134,6 +135,11 @@ std::vector<std::string> WorkerEnv(const WorkerSpec& spec) {
                    ? spec.runtime_dir
                    : absl::StrCat(spec.runtime_dir, ":", pythonpath);
   env["SNAKEPIT_HOST_PID"] = std::to_string(::getpid());
+  // The marker by which a later host's reaper finds this worker and its
+  // children if this host dies (see run_registry.h).
+  if (!spec.run_id.empty()) {
+    env[kRunIdVariable] = spec.run_id;
+  }
   // The node's secrets are not the workers' business: user code and the
   // processes it starts must not read the bearer token.
   env.erase("SNAKEPIT_TOKEN");

@@ -32,6 +32,9 @@ struct WorkerSpec {
   int max_depth = 0;
   int max_concurrency = 1;  // calls a worker runs at once
   std::string runtime_dir;  // folder holding the snakepit package
+  // The host's run (RunRegistry::run_id()), given to the worker as
+  // SNAKEPIT_RUN_ID; empty leaves the variable as the host has it.
+  std::string run_id;
 };
 
 // Splits user-facing module arguments ("examples/ml.py", "pkg.mod") into
