@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "snakepit/base/log.h"
 #include "snakepit/base/status.h"
 #include "snakepit/os/process.h"
 #include "snakepit/pool/internal/pool_core.h"
@@ -74,10 +75,23 @@ absl::StatusOr<std::unique_ptr<Pool>> Pool::Start(PoolOptions options) {
   if (epoll < 0) {
     return ErrnoToStatus(errno, "epoll_create1");
   }
+  // The host's run: lets a later host reap what this one leaves if it
+  // crashes. Pools work without it.
+  absl::StatusOr<std::shared_ptr<worker::RunRegistry>> registry =
+      worker::RunRegistry::Default();
+  std::shared_ptr<worker::RunRegistry> run;
+  if (registry.ok()) {
+    run = *registry;
+    spec->run_id = run->run_id();
+  } else {
+    Log().warn("pool {}: no run registry ({}); workers left by a crash "
+               "will not be reaped at the next start",
+               options.name, std::string(registry.status().message()));
+  }
   bool wait = options.wait_until_ready;
   auto core = std::make_shared<internal::PoolCore>(
       std::move(options), std::move(*spec), std::move(*waker),
-      os::UniqueFd(epoll));
+      os::UniqueFd(epoll), std::move(run));
   if (absl::Status s = core->Start(wait); !s.ok()) {
     core->Shutdown(absl::ZeroDuration(), absl::Seconds(1));
     return s;

@@ -397,16 +397,9 @@ class CtrlCTest(LifecycleTest):
         self.assertTrue(wait_until(lambda: not alive(second), 5))
         self.assertTrue(alive(first))
 
-    # TODO(#5): at shutdown no worker sees SIGTERM before it dies, so the
-    # documented SIGTERM, then SIGKILL after node.worker_grace, never
-    # happens and a worker's SIGTERM handler never runs. Pool::Shutdown
-    # joins its I/O thread, the thread that spawned the workers, before
-    # it closes their sockets and sends SIGTERM; the parent-death signal
-    # the runtime ties to that thread (SIGUSR2) then fires in every
-    # worker, and the runtime's handler kills the worker's process group
-    # with SIGKILL at once. The end of file on the sockets, which comes
-    # next, leads to the same SIGKILL from the control thread.
-    @unittest.expectedFailure
+    # Workers get SIGTERM while the pool's I/O thread (their parent-death
+    # signal's anchor) still runs and their sockets are open, so their
+    # own handlers run within node.worker_grace.
     def test_ctrl_c_at_a_terminal_gives_each_worker_sigterm_first(self):
         run, workers = self.press_ctrl_c()
         self.assertEqual(set(run.traced("sigterm")), workers,

@@ -104,11 +104,13 @@ std::atomic<uint64_t> next_call_id{1};
 }  // namespace
 
 PoolCore::PoolCore(PoolOptions options, worker::WorkerSpec spec,
-                   os::Waker waker, os::UniqueFd epoll)
+                   os::Waker waker, os::UniqueFd epoll,
+                   std::shared_ptr<worker::RunRegistry> registry)
     : options_(std::move(options)),
       spec_(std::move(spec)),
       waker_(std::move(waker)),
       epoll_(std::move(epoll)),
+      registry_(std::move(registry)),
       jitter_state_(static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) |
                     1) {}
 
@@ -159,6 +161,10 @@ absl::Status PoolCore::SpawnWorker() {
   if (!interrupt.ok()) {
     (*process)->SignalGroup(SIGKILL);
     return interrupt.status();
+  }
+  if (registry_) {
+    // NOT_FOUND: it died already; its exit is handled like any other.
+    (void)registry_->AddWorker((*process)->pid());
   }
   auto w = std::make_shared<Worker>(options_.max_payload_bytes);
   w->interrupt = std::make_shared<const os::Waker>(std::move(*interrupt));
@@ -1280,6 +1286,9 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   PumpOutput(*w, true);
   absl::StatusOr<std::optional<os::ExitInfo>> exit =
       os::TryReap(w->process->pidfd());
+  if (registry_) {
+    registry_->RemoveWorker(w->pid);
+  }
   std::string how = exit.ok() && exit->has_value()
                         ? (*exit)->Describe()
                         : std::string("ended (status unknown)");
@@ -1552,45 +1561,65 @@ void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
       }
     }
     RunDeferred(deferred);
-
-    stop_.store(true);
-    waker_.Wake();
-    if (io_thread_.joinable()) {
-      io_thread_.join();
-    }
-
-    // The I/O thread is gone: this thread owns the workers now. End of
-    // file on their sockets makes them exit; SIGTERM covers a worker
-    // that is not reading; SIGKILL after `grace` covers the rest.
-    std::map<uint32_t, std::shared_ptr<Worker>> workers;
-    {
-      // Threads driving a call were woken when it failed above; the
-      // sockets stay open until they have let go.
-      std::unique_lock<std::mutex> lock(mu_);
-      changed_.wait(lock, [&] {
-        return std::none_of(workers_.begin(), workers_.end(),
-                            [](auto& e) { return e.second->reader_busy; });
-      });
-      workers.swap(workers_);
-      idle_.clear();
-    }
-    for (auto& [serial, w] : workers) {
-      w->process->CloseSockets();
-      w->process->SignalGroup(SIGTERM);
-    }
-    absl::Time limit = absl::Now() + grace;
-    for (auto& [serial, w] : workers) {
-      if (!os::AwaitExit(w->process->pidfd(), limit - absl::Now())) {
-        Log().warn("pool {} worker {} did not exit within {}; killing it",
-                   options_.name, w->pid, ShortDuration(grace));
-      }
-      w->process->SignalGroup(SIGKILL);
-      os::AwaitExit(w->process->pidfd(), absl::Seconds(5));
-      PumpOutput(*w, false);
-      PumpOutput(*w, true);
-      (void)os::TryReap(w->process->pidfd());
-    }
+    StopWorkers(grace);
   });
+}
+
+void PoolCore::StopWorkers(absl::Duration grace) {
+  // SIGTERM first, with the I/O thread still running: the workers'
+  // parent-death signal is tied to that thread, and their sockets'
+  // end of file also makes them end at once, so either would cut the
+  // grace short. A worker may spend the grace in its SIGTERM handler.
+  std::vector<std::shared_ptr<Worker>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [serial, w] : workers_) {
+      all.push_back(w);
+    }
+  }
+  for (const std::shared_ptr<Worker>& w : all) {
+    w->process->SignalGroup(SIGTERM);
+  }
+  absl::Time limit = absl::Now() + grace;
+  for (const std::shared_ptr<Worker>& w : all) {
+    if (!os::AwaitExit(w->process->pidfd(), limit - absl::Now())) {
+      Log().warn("pool {} worker {} did not exit within {}; killing it",
+                 options_.name, w->pid, ShortDuration(grace));
+    }
+  }
+
+  stop_.store(true);
+  waker_.Wake();
+  if (io_thread_.joinable()) {
+    io_thread_.join();
+  }
+
+  // The I/O thread is gone: this thread owns what is left.
+  std::map<uint32_t, std::shared_ptr<Worker>> workers;
+  {
+    // Threads driving a call were woken when it failed; the sockets stay
+    // open until they have let go.
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [&] {
+      return std::none_of(workers_.begin(), workers_.end(),
+                          [](auto& e) { return e.second->reader_busy; });
+    });
+    workers.swap(workers_);
+    idle_.clear();
+  }
+  for (auto& [serial, w] : workers) {
+    w->process->CloseSockets();
+    w->process->SignalGroup(SIGKILL);
+  }
+  for (auto& [serial, w] : workers) {
+    os::AwaitExit(w->process->pidfd(), absl::Seconds(5));
+    PumpOutput(*w, false);
+    PumpOutput(*w, true);
+    (void)os::TryReap(w->process->pidfd());
+    if (registry_) {
+      registry_->RemoveWorker(w->pid);
+    }
+  }
 }
 
 std::vector<FunctionInfo> PoolCore::Functions() const {

@@ -36,6 +36,7 @@
 #include "snakepit/pool/internal/call_state.h"
 #include "snakepit/pool/pool.h"
 #include "snakepit/protocol/frame.h"
+#include "snakepit/worker/run_registry.h"
 #include "snakepit/worker/worker.h"
 
 namespace snakepit::internal {
@@ -44,8 +45,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
  public:
   using CallList = std::vector<std::shared_ptr<CallState>>;
 
+  // `registry` records the workers for reaping after a host crash; null
+  // when it could not be opened.
   PoolCore(PoolOptions options, worker::WorkerSpec spec, os::Waker waker,
-           os::UniqueFd epoll);
+           os::UniqueFd epoll,
+           std::shared_ptr<worker::RunRegistry> registry);
   ~PoolCore();
 
   // True on the pool's I/O thread (where completion callbacks run).
@@ -229,11 +233,16 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   std::shared_ptr<Worker> Find(uint32_t serial);
 
+  // The end of Shutdown: SIGTERM to every worker's group, up to `grace`
+  // for them to exit, then SIGKILL; returns once all are reaped.
+  void StopWorkers(absl::Duration grace);
+
   // Fixed at construction.
   const PoolOptions options_;
   const worker::WorkerSpec spec_;
   const os::Waker waker_;
   const os::UniqueFd epoll_;
+  const std::shared_ptr<worker::RunRegistry> registry_;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // a worker changed state
