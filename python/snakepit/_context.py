@@ -13,10 +13,12 @@ LogSink = Callable[[int, str, str], None]
 
 
 class CallState:
-    """What the worker's two threads share about the running call.
+    """What the worker's threads share about one running call.
 
-    `cancelled` and `task` are written by the control thread and the main
-    thread under the worker's call lock; reads of `cancelled` take no lock.
+    `cancelled` and `task` are written by the control thread and the
+    thread that runs the call (the main thread, or with several calls at
+    once the event loop's thread for `task`) under the worker's call lock;
+    reads of `cancelled` take no lock.
     """
 
     __slots__ = ("id", "cancelled", "task")

@@ -177,6 +177,14 @@ class FrameReader:
         self._consume(total)
         return Frame(ftype, fid, header, body, body_len)
 
+    def buffered(self) -> bool:
+        """Tells whether bytes of the next frame have been read already.
+
+        Such bytes no longer make the socket readable, so a caller that
+        waits in select() for the next frame must check this first.
+        """
+        return self._end > self._start
+
     def _reject(self, ftype: int, flags: int, header_len: int) -> NoReturn:
         if flags != 0:
             raise ProtocolError(f"frame flags are 0x{flags:02x}, expected 0")

@@ -138,8 +138,9 @@ def on_session_end(hook: _F) -> _F:
     """Registers `hook(session_id, local)` to run in each worker that
     holds local objects of a session when the session is deleted or
     expires; `local` is the dict the worker is about to drop. Runs
-    between calls; an exception is printed, never fatal. Returns the hook
-    unchanged."""
+    between calls (with --max-concurrency above 1: once the session's
+    calls in flight have ended, on the thread that ends the last one); an
+    exception is printed, never fatal. Returns the hook unchanged."""
     if not callable(hook):
         raise TypeError(f"on_session_end needs a callable, got "
                         f"{type(hook).__name__}")

@@ -4,6 +4,7 @@ The host runs
 
     python -m snakepit._worker --module NAME [--module NAME ...]
         [--path DIR ...] --max-payload BYTES --max-depth N --pool NAME
+        [--max-concurrency N]
 
 with the channel socket on fd 3 and the control socket on fd 4, and
 stdout and stderr on pipes it drains. docs/protocol.md is the spec.
@@ -32,7 +33,14 @@ Data flow:
 Threads: the main thread alone reads fd 3 and runs calls. The control
 thread alone reads and writes fd 4. fd 3 is written through one locked
 `FrameWriter` by the main thread, by user threads (LOG) and by the control
-thread (FATAL).
+thread (FATAL), so every frame goes out whole.
+
+With --max-concurrency N above 1 the worker takes up to N calls at once:
+the main thread only reads fd 3 and hands calls out, sync functions and
+generators to a pool of N threads ("snakepit-call"), async ones as tasks
+to one event loop on its own thread ("snakepit-loop"). Their frames
+interleave on fd 3, each tagged with its call id; SESSION_REPLYs go to
+the call waiting for them by id.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ import time
 import traceback
 from types import TracebackType
 from typing import (Any, Callable, Deque, Dict, List, NamedTuple, NoReturn,
-                    Optional, Sequence, Tuple)
+                    Optional, Sequence, Set, Tuple)
 
 from snakepit import __version__
 from snakepit._codec import (DEFAULT_MAX_DEPTH, DecodeError, EncodeError,
@@ -66,7 +74,8 @@ from snakepit._registry import (FunctionEntry, catalogue, entries, hooks,
                                 session_end_hooks)
 from snakepit._session import Session, SessionConflict, SessionError
 
-__all__ = ["EXIT_FATAL", "Options", "Worker", "main", "parse_args"]
+__all__ = ["EXIT_FATAL", "MAX_CONCURRENCY", "Options", "Worker", "main",
+           "parse_args"]
 
 EXIT_FATAL = 3
 
@@ -95,6 +104,10 @@ _BIG_RESULT = 64 * 1024
 # An async generator's driver returns this once it has sent the ERROR.
 _REPLIED = object()
 
+# --max-concurrency: calls one worker takes at once.
+MAX_CONCURRENCY = 256
+_LOOP_KINDS = frozenset(("async", "async_generator"))
+
 _Runner = Callable[[Callable[..., Any], CallState, List[Any], Dict[str, Any]],
                   None]
 
@@ -107,6 +120,7 @@ class Options(NamedTuple):
     max_payload: int
     max_depth: int
     pool: str
+    max_concurrency: int = 1
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -126,15 +140,46 @@ def parse_args(argv: Sequence[str]) -> Options:
     parser.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH,
                         help="deepest nesting of arrays and maps")
     parser.add_argument("--pool", default="default", help="pool name")
+    parser.add_argument("--max-concurrency", type=int, default=1,
+                        help=f"calls run at once, 1 to {MAX_CONCURRENCY}")
     args = parser.parse_args(argv)
     if args.max_payload < 0:
         parser.error("--max-payload must not be negative")
     if args.max_depth < 1:
         parser.error("--max-depth must be at least 1")
+    if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
+        parser.error(f"--max-concurrency must be between 1 and "
+                     f"{MAX_CONCURRENCY}")
     # A body longer than its 32-bit length field cannot be framed anyway.
     max_payload = min(args.max_payload, MAX_BODY_LEN)
     return Options(args.modules, args.paths, max_payload, args.max_depth,
-                   args.pool)
+                   args.pool, args.max_concurrency)
+
+
+class _ReplySlot:
+    """Where the main thread leaves a SESSION_REPLY for the call waiting
+    for it (--max-concurrency above 1).
+
+    `waiting` is guarded by the worker's call lock; `lock` makes threads of
+    one call take turns; `event` is set once `reply` holds (header, body).
+    """
+
+    __slots__ = ("lock", "event", "waiting", "reply")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+        self.waiting = False
+        self.reply: Any = None
+
+
+class _SessionEnd(NamedTuple):
+    """A SESSION_END whose hooks wait for `calls`, the calls of that
+    session that were running when it came (guarded by the call lock)."""
+
+    session_id: str
+    local: Dict[Any, Any]
+    calls: Set[int]
 
 
 class Worker:
@@ -170,6 +215,29 @@ class Worker:
         self._ended_sessions: List[Any] = []
         self._session_lock = threading.Lock()
 
+        # Several calls at once (--max-concurrency above 1; see "Several
+        # calls at once" below). The main thread makes the pool of call
+        # threads when it starts serving, and the event loop's thread at
+        # the first async call; it waits on the channel socket in select()
+        # after GOODBYE.
+        self._concurrency = options.max_concurrency
+        self._channel_socket = channel
+        self._pool: Any = None  # concurrent.futures.ThreadPoolExecutor
+        self._loop_thread: Optional[threading.Thread] = None
+        # Guarded by _call_lock: the calls in flight by id (always empty
+        # with one call at a time), the session of each that runs in one,
+        # each call's reply slot for session requests, session ends that
+        # wait for calls of their session to end and those that no longer
+        # wait, and, once GOODBYE came, the pipe that wakes the main
+        # thread when the last call ends.
+        self._running: Dict[int, CallState] = {}
+        self._call_sessions: Dict[int, str] = {}
+        self._reply_slots: Dict[int, _ReplySlot] = {}
+        self._waiting_ends: List[_SessionEnd] = []
+        self._due_ends: List[_SessionEnd] = []
+        self._closing = False
+        self._wake_fd = -1
+
     def run(self) -> int:
         """Runs the worker; returns its exit status (0 after GOODBYE)."""
         self._send(FrameType.HELLO, 0, {
@@ -185,7 +253,10 @@ class Worker:
                          daemon=True).start()
         self._import_modules()
         self._run_start_hooks()
-        self._send(FrameType.READY, 0, {"functions": catalogue()})
+        self._send(FrameType.READY, 0, {
+            "functions": catalogue(),
+            "max_concurrency": self._concurrency,
+        })
         return self._serve()
 
     # Start-up ----------------------------------------------------------------
@@ -233,6 +304,8 @@ class Worker:
             self._fatal(Reason.PROTOCOL_ERROR, str(exc))
 
     def _serve(self) -> int:
+        if self._concurrency > 1:
+            return self._serve_concurrently()
         read = self._read_frame
         while True:
             frame = read()
@@ -253,26 +326,20 @@ class Worker:
                 return 0
 
     def _on_call(self, frame: Frame) -> None:
+        # The steps of _unpack_call, inline: this is the hot path.
         call_id = frame.id
         name = frame.header.get("fn")
         found = self._table.get(name) if type(name) is str else None
         if found is None:
-            self._send_error(call_id, Reason.UNKNOWN_FUNCTION,
-                             f"no function {name!r} in pool "
-                             f"{self._options.pool!r}")
+            self._reject_unknown(call_id, name)
             return
         if frame.body is None:
-            self._send_error(call_id, Reason.PAYLOAD_TOO_LARGE,
-                             f"arguments of {frame.body_len} bytes exceed "
-                             f"the {self._options.max_payload}-byte payload "
-                             f"limit (host→worker)")
+            self._reject_oversized(frame)
             return
         try:
             args, kwargs = self._decode_args(frame.body)
         except DecodeError as exc:
-            self._send_error(call_id, exc.reason,
-                             f"cannot decode the arguments: {exc.message}",
-                             path=exc.path)
+            self._reject_undecodable(call_id, exc)
             return
 
         entry, runner = found
@@ -284,6 +351,43 @@ class Worker:
             runner(entry.fn, state, args, kwargs)
         finally:
             self._current = None
+
+    def _unpack_call(self, frame: Frame
+                     ) -> Optional[Tuple[FunctionEntry, _Runner, List[Any],
+                                         Dict[str, Any]]]:
+        """Returns (entry, runner, args, kwargs) for a CALL, or None once
+        it has sent the ERROR that ends a call that cannot run."""
+        name = frame.header.get("fn")
+        found = self._table.get(name) if type(name) is str else None
+        if found is None:
+            self._reject_unknown(frame.id, name)
+            return None
+        if frame.body is None:
+            self._reject_oversized(frame)
+            return None
+        try:
+            args, kwargs = self._decode_args(frame.body)
+        except DecodeError as exc:
+            self._reject_undecodable(frame.id, exc)
+            return None
+        entry, runner = found
+        return entry, runner, args, kwargs
+
+    def _reject_unknown(self, call_id: int, name: Any) -> None:
+        self._send_error(call_id, Reason.UNKNOWN_FUNCTION,
+                         f"no function {name!r} in pool "
+                         f"{self._options.pool!r}")
+
+    def _reject_oversized(self, frame: Frame) -> None:
+        self._send_error(frame.id, Reason.PAYLOAD_TOO_LARGE,
+                         f"arguments of {frame.body_len} bytes exceed the "
+                         f"{self._options.max_payload}-byte payload limit "
+                         f"(host→worker)")
+
+    def _reject_undecodable(self, call_id: int, exc: DecodeError) -> None:
+        self._send_error(call_id, exc.reason,
+                         f"cannot decode the arguments: {exc.message}",
+                         path=exc.path)
 
     def _decode_args(self, body: memoryview
                      ) -> Tuple[List[Any], Dict[str, Any]]:
@@ -332,9 +436,28 @@ class Worker:
     def _session_request(self, call_id: int, ftype: int,
                          header: Dict[str, Any], body: bytes
                          ) -> Tuple[Dict[str, Any], bytes]:
+        """Sends a session request for call `call_id` and returns the
+        host's reply; raises SessionError when it is not ok."""
+        if self._concurrency > 1:
+            reply, data = self._routed_session_request(call_id, ftype,
+                                                       header, body)
+        else:
+            reply, data = self._read_session_reply(call_id, ftype, header,
+                                                   body)
+        if not reply.get("ok"):
+            why = str(reply.get("reason", "session_store_error"))
+            message = str(reply.get("message", ""))
+            if why == "session_conflict":
+                raise SessionConflict(why, message)
+            raise SessionError(why, message)
+        return reply, data
+
+    def _read_session_reply(self, call_id: int, ftype: int,
+                            header: Dict[str, Any], body: bytes
+                            ) -> Tuple[Dict[str, Any], bytes]:
         """Sends a session request for call `call_id` and reads the
         channel up to its SESSION_REPLY (SESSION_ENDs met on the way wait
-        for the end of the call)."""
+        for the end of the call). One call at a time only."""
         with self._session_lock:
             self._channel.send(ftype, call_id, header,
                                [body] if body else ())
@@ -348,32 +471,29 @@ class Worker:
                     self._fatal(Reason.PROTOCOL_ERROR,
                                 f"frame type {frame.type} while waiting for "
                                 f"a session reply")
-        reply = frame.header
-        data = bytes(frame.body) if frame.body is not None else b""
-        if not reply.get("ok"):
-            why = str(reply.get("reason", "session_store_error"))
-            message = str(reply.get("message", ""))
-            if why == "session_conflict":
-                raise SessionConflict(why, message)
-            raise SessionError(why, message)
-        return reply, data
+        return frame.header, _body_bytes(frame)
 
     def _run_session_ends(self) -> None:
         """Drops the local objects of ended sessions after running the
-        on_session_end hooks; a hook that raises is reported on stderr."""
+        on_session_end hooks."""
         ended, self._ended_sessions = self._ended_sessions, []
         for session_id in ended:
             local = self._locals.pop(session_id, None)
-            if local is None:
-                continue
-            for hook in session_end_hooks():
-                try:
-                    hook(session_id, local)
-                except Exception:
-                    print(f"snakepit: on_session_end hook "
-                          f"{getattr(hook, '__qualname__', hook)} failed "
-                          f"for session {session_id}:", file=sys.stderr)
-                    traceback.print_exc()
+            if local is not None:
+                self._run_session_end_hooks(session_id, local)
+
+    def _run_session_end_hooks(self, session_id: str,
+                               local: Dict[Any, Any]) -> None:
+        """Runs the on_session_end hooks; one that raises is reported on
+        stderr."""
+        for hook in session_end_hooks():
+            try:
+                hook(session_id, local)
+            except Exception:
+                print(f"snakepit: on_session_end hook "
+                      f"{getattr(hook, '__qualname__', hook)} failed "
+                      f"for session {session_id}:", file=sys.stderr)
+                traceback.print_exc()
 
     def _log_sink(self, call_id: int) -> LogSink:
         channel = self._channel
@@ -412,6 +532,8 @@ class Worker:
                 pass
         if body is not None and len(body) <= self._options.max_payload:
             self._current = None  # see _send
+            if self._running:
+                self._release(state.id)
             try:
                 self._channel.send_body(_RESULT, state.id, body)
             except ChannelClosed:
@@ -467,6 +589,9 @@ class Worker:
 
     def _run_task(self, coroutine: Any, state: CallState) -> None:
         """Runs a coroutine as a task the control thread can cancel."""
+        if self._concurrency > 1:
+            self._schedule_task(coroutine, state)
+            return
         import asyncio
         loop = self._event_loop()
         task = loop.create_task(coroutine)
@@ -569,8 +694,11 @@ class Worker:
               body: Sequence[Any] = ()) -> None:
         if ftype == _RESULT or ftype == _ERROR:
             # The call is over once the host can see its final frame; a
-            # PING answered after that must not say busy.
+            # PING answered after that must not say busy, and a CALL the
+            # host sends on reading it must find a free slot.
             self._current = None
+            if self._running:
+                self._release(fid)
         try:
             self._channel.send(ftype, fid, header, body)
         except ChannelClosed:
@@ -605,6 +733,8 @@ class Worker:
         with self._call_lock:
             state = self._current
             if state is None or state.id != call_id:
+                state = self._running.get(call_id)
+            if state is None:
                 if call_id not in self._early_cancels:
                     self._early_cancels.append(call_id)
                 return
@@ -615,6 +745,292 @@ class Worker:
                 self._loop.call_soon_threadsafe(task.cancel)
             except RuntimeError:
                 pass  # The loop is closed: the call has ended.
+
+    # Several calls at once ---------------------------------------------------
+    #
+    # With --max-concurrency N above 1 the main thread reads the channel
+    # and hands calls out; it runs no user code. A call holds its slot in
+    # _running from its CALL until just before its final frame is sent:
+    # the host may send the next CALL as soon as it reads that frame, and
+    # it must find a free slot.
+
+    def _serve_concurrently(self) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(self._concurrency,
+                                        thread_name_prefix="snakepit-call")
+        read = self._read_frame
+        while True:
+            frame = read()
+            ftype = frame.type
+            if ftype == _CALL:
+                self._start_call(frame)
+            elif ftype == _SESSION_REPLY:
+                self._route_session_reply(frame)
+            elif ftype == _SESSION_END:
+                self._end_session(frame.header.get("session"))
+            else:  # GOODBYE
+                self._finish_calls()
+                return self._stop_threads()
+            if self._due_ends:
+                self._run_due_session_ends()
+
+    def _start_call(self, frame: Frame) -> None:
+        """Checks that a CALL fits, then hands it to a call thread, or to
+        the event loop if it is async."""
+        self._check_room(frame.id)
+        call = self._unpack_call(frame)
+        if call is None:
+            return
+        entry, runner, args, kwargs = call
+        state = self._begin_concurrent_call(frame.id,
+                                            frame.header.get("session"))
+        if entry.context_name is not None and not self._add_context(
+                entry, state, frame.header, args, kwargs):
+            return
+        if entry.kind in _LOOP_KINDS:
+            # Makes the coroutine here; _run_task passes it to the loop.
+            runner(entry.fn, state, args, kwargs)
+        else:
+            self._pool.submit(self._run_on_thread, runner, entry.fn, state,
+                              args, kwargs)
+
+    def _check_room(self, call_id: int) -> None:
+        """Ends the worker (FATAL protocol_error) for a CALL that reuses
+        the id of a running call or comes while N calls are in flight."""
+        # Only this thread adds to _running, so it cannot grow meanwhile.
+        running = self._running
+        if call_id in running:
+            self._fatal(Reason.PROTOCOL_ERROR,
+                        f"CALL {call_id} while a call with that id is "
+                        f"running")
+        if len(running) >= self._concurrency:
+            self._fatal(Reason.PROTOCOL_ERROR,
+                        f"CALL {call_id} while {len(running)} calls are in "
+                        f"flight, the most this worker takes "
+                        f"(--max-concurrency {self._concurrency})")
+
+    def _begin_concurrent_call(self, call_id: int,
+                               session_id: Any) -> CallState:
+        """Takes a slot for call `call_id`; as _begin_call otherwise."""
+        with self._call_lock:
+            cancelled = bool(self._early_cancels) and (
+                call_id in self._early_cancels)
+            if cancelled:
+                self._early_cancels.remove(call_id)
+            state = CallState(call_id, cancelled)
+            self._running[call_id] = state
+            if type(session_id) is str and session_id:
+                self._call_sessions[call_id] = session_id
+        return state
+
+    def _release(self, call_id: int) -> None:
+        """Frees the slot of call `call_id` before its final frame goes
+        out; session ends that waited for it alone become due."""
+        with self._call_lock:
+            self._running.pop(call_id, None)
+            self._call_sessions.pop(call_id, None)
+            slot = self._reply_slots.get(call_id)
+            if slot is not None and not slot.waiting:
+                del self._reply_slots[call_id]
+            if self._waiting_ends:
+                self._settle_session_ends(call_id)
+            if self._closing and not self._running and self._wake_fd >= 0:
+                os.write(self._wake_fd, b"\0")
+
+    def _run_on_thread(self, runner: _Runner, fn: Callable[..., Any],
+                       state: CallState, args: List[Any],
+                       kwargs: Dict[str, Any]) -> None:
+        """Runs a sync call on a call thread, then the session ends that
+        its end let through."""
+        try:
+            runner(fn, state, args, kwargs)
+        except BaseException as exc:
+            # Runners report what the function raises themselves, so this
+            # is a fault of the runtime; the call still ends, with it.
+            traceback.print_exc()
+            if state.id in self._running:
+                self._send_exception(state.id, exc)
+        if self._due_ends:
+            self._run_due_session_ends()
+
+    # Async calls run as tasks of the one event loop, on its own thread.
+
+    def _schedule_task(self, coroutine: Any, state: CallState) -> None:
+        """Hands a call's coroutine to the event loop's thread."""
+        if self._loop_thread is None:
+            self._start_loop_thread()
+        self._loop.call_soon_threadsafe(self._start_task, coroutine, state)
+
+    def _start_loop_thread(self) -> None:
+        loop = self._event_loop()
+
+        def run() -> None:
+            import asyncio
+            asyncio.set_event_loop(loop)
+            loop.run_forever()
+
+        self._loop_thread = threading.Thread(target=run, daemon=True,
+                                             name="snakepit-loop")
+        self._loop_thread.start()
+
+    def _start_task(self, coroutine: Any, state: CallState) -> None:
+        """Starts the call's task on the loop's thread, unless a CANCEL
+        came first. Under the call lock, so that _cancel either finds the
+        task or has set `cancelled` before this looks."""
+        with self._call_lock:
+            cancelled = state.cancelled
+            if not cancelled:
+                state.task = self._loop.create_task(
+                    self._drive(coroutine, state))
+        if cancelled:
+            coroutine.close()
+            self._send_cancelled(state.id)
+            if self._due_ends:
+                self._run_due_session_ends()
+
+    async def _drive(self, coroutine: Any, state: CallState) -> None:
+        """The task of one async call: awaits it, sends its final frame."""
+        import asyncio
+        try:
+            result = await coroutine
+        except asyncio.CancelledError as exc:
+            if state.cancelled:
+                self._send_cancelled(state.id)
+            else:
+                self._send_exception(state.id, exc)
+        except BaseException as exc:
+            self._send_exception(state.id, exc)
+        else:
+            if result is not _REPLIED:
+                self._send_value(_RESULT, state.id, result)
+        if self._due_ends:
+            self._run_due_session_ends()
+
+    # Session requests and ends while other calls run.
+
+    def _routed_session_request(self, call_id: int, ftype: int,
+                                header: Dict[str, Any], body: bytes
+                                ) -> Tuple[Dict[str, Any], bytes]:
+        """Sends a session request for call `call_id` and waits for the
+        main thread to hand over its SESSION_REPLY. Threads of one call
+        that share its context take turns."""
+        slot = self._reply_slot(call_id)
+        with slot.lock:
+            slot.event.clear()
+            with self._call_lock:
+                # Put back if the call ended meanwhile (a user thread).
+                self._reply_slots[call_id] = slot
+                slot.waiting = True
+            self._channel.send(ftype, call_id, header,
+                               [body] if body else ())
+            slot.event.wait()
+            reply, slot.reply = slot.reply, None
+        with self._call_lock:
+            if call_id not in self._running and not slot.waiting:
+                self._reply_slots.pop(call_id, None)
+        return reply
+
+    def _reply_slot(self, call_id: int) -> _ReplySlot:
+        with self._call_lock:
+            slot = self._reply_slots.get(call_id)
+            if slot is None:
+                slot = self._reply_slots[call_id] = _ReplySlot()
+        return slot
+
+    def _route_session_reply(self, frame: Frame) -> None:
+        with self._call_lock:
+            slot = self._reply_slots.get(frame.id)
+            if slot is not None and slot.waiting:
+                slot.waiting = False
+            else:
+                slot = None
+        if slot is None:
+            self._fatal(Reason.PROTOCOL_ERROR,
+                        f"SESSION_REPLY for call {frame.id}, which waits "
+                        f"for none")
+        slot.reply = (frame.header, _body_bytes(frame))
+        slot.event.set()
+
+    def _end_session(self, session_id: Any) -> None:
+        """SESSION_END: the session's local objects leave the worker at
+        once (a later call in a session of that id starts afresh); the
+        hooks get them when every call of the session that is running
+        now has ended, on the thread that ends the last one."""
+        local = self._locals.pop(session_id, None)
+        if local is None:
+            return
+        with self._call_lock:
+            calls = {call_id for call_id, sid in self._call_sessions.items()
+                     if sid == session_id}
+            if calls:
+                self._waiting_ends.append(
+                    _SessionEnd(session_id, local, calls))
+                return
+        self._run_session_end_hooks(session_id, local)
+
+    def _settle_session_ends(self, call_id: int) -> None:
+        """REQUIRES: _call_lock. Call `call_id` has ended; session ends
+        that waited for it alone become due."""
+        waiting = []
+        for end in self._waiting_ends:
+            end.calls.discard(call_id)
+            (waiting if end.calls else self._due_ends).append(end)
+        self._waiting_ends = waiting
+
+    def _run_due_session_ends(self) -> None:
+        with self._call_lock:
+            due, self._due_ends = self._due_ends, []
+        for end in due:
+            self._run_session_end_hooks(end.session_id, end.local)
+
+    # GOODBYE while calls run.
+
+    def _finish_calls(self) -> None:
+        """Waits for the running calls to end, still routing their
+        session replies; a CALL now is a protocol error."""
+        import select
+        wake_r, wake_w = os.pipe()
+        with self._call_lock:
+            self._closing = True
+            self._wake_fd = wake_w
+        try:
+            while True:
+                with self._call_lock:
+                    if not self._running:
+                        return
+                if not self._reader.buffered():
+                    readable, _, _ = select.select(
+                        [self._channel_socket, wake_r], [], [])
+                    if self._channel_socket not in readable:
+                        continue
+                self._on_frame_after_goodbye(self._read_frame())
+        finally:
+            with self._call_lock:
+                self._wake_fd = -1
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _on_frame_after_goodbye(self, frame: Frame) -> None:
+        if frame.type == _SESSION_REPLY:
+            self._route_session_reply(frame)
+        elif frame.type == _SESSION_END:
+            self._end_session(frame.header.get("session"))
+        elif frame.type == _CALL:
+            self._fatal(Reason.PROTOCOL_ERROR,
+                        f"CALL {frame.id} after GOODBYE")
+        # A second GOODBYE changes nothing.
+
+    def _stop_threads(self) -> int:
+        """Stops the loop's thread and the call threads once no call
+        runs; returns the exit status, 0."""
+        self._exiting = True
+        if self._loop_thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join()
+        self._pool.shutdown(wait=True)
+        if self._loop is not None:
+            self._loop.close()
+        return 0
 
     # The control socket ------------------------------------------------------
 
@@ -627,7 +1043,7 @@ class Worker:
             while True:
                 frame = reader.read()
                 if frame.type == FrameType.PING:
-                    busy = self._current is not None
+                    busy = self._current is not None or bool(self._running)
                     writer.send(FrameType.PONG, frame.id, {"busy": busy})
                 else:
                     self._cancel(frame.id)
@@ -726,6 +1142,12 @@ def _flush_stdio() -> None:
             stream.flush()
         except Exception:
             pass
+
+
+def _body_bytes(frame: Frame) -> bytes:
+    """A copy of a frame's body (empty if it was skipped), which outlives
+    the reader's next read."""
+    return bytes(frame.body) if frame.body is not None else b""
 
 
 def _close_quietly(generator: Any) -> None:
