@@ -67,14 +67,18 @@ struct PoolOptions {
   // before its process group is killed and it is replaced.
   absl::Duration cancel_grace = absl::Seconds(2);
 
-  // Recycling: a worker is replaced after its current call once it has
+  // Recycling: a worker is replaced after its current calls once it has
   // served this many calls (0: no limit), lived this long, or grown past
-  // this resident memory (0: no limit). One worker at a time is recycled;
-  // its replacement is started as it retires. A worker that is over the
-  // memory limit from its start is reported once, not recycled forever.
+  // a memory limit (0: no limit). Memory is that of the worker's whole
+  // process tree (its children too), read from /proc after each call:
+  // resident (RSS) and proportional (PSS, shared pages divided among
+  // their users). One worker at a time is recycled; its replacement is
+  // started as it retires. A worker that is over a memory limit from its
+  // start is reported once, not recycled forever.
   uint64_t max_calls_per_worker = 0;
   absl::Duration max_worker_age = absl::InfiniteDuration();
   uint64_t max_worker_rss_bytes = 0;
+  uint64_t max_worker_pss_bytes = 0;
 
   // Liveness: an idle worker is pinged this often on its control socket
   // and replaced if it does not answer within liveness_timeout (it is

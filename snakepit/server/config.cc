@@ -418,7 +418,7 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
       {"name", "modules", "paths", "python", "size", "max_queue",
        "startup_timeout", "cancel_grace", "max_payload_bytes",
        "max_concurrency", "max_calls_per_worker", "max_worker_age",
-       "max_worker_rss_bytes", "env"});
+       "max_worker_rss_bytes", "max_worker_pss_bytes", "env"});
   r.Read("name", &pool->name);
   r.Check("name", !pool->name.empty(), "is empty");
   r.Read("modules", &pool->modules);
@@ -437,6 +437,8 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
   r.Read("max_worker_age", &pool->max_worker_age);
   r.ReadInt("max_worker_rss_bytes", 0, std::numeric_limits<int64_t>::max(),
             &pool->max_worker_rss_bytes);
+  r.ReadInt("max_worker_pss_bytes", 0, std::numeric_limits<int64_t>::max(),
+            &pool->max_worker_pss_bytes);
   const toml::table* env = r.Table("env");
   if (env == nullptr) {
     return r.status();
@@ -803,6 +805,8 @@ void PrintPool(const PoolConfig& pool, std::string* out) {
   AppendKey(out, "max_worker_age", QuoteDuration(pool.max_worker_age));
   AppendKey(out, "max_worker_rss_bytes",
             absl::StrCat(pool.max_worker_rss_bytes));
+  AppendKey(out, "max_worker_pss_bytes",
+            absl::StrCat(pool.max_worker_pss_bytes));
   if (pool.env.empty()) {
     return;
   }

@@ -31,6 +31,7 @@ struct PoolConfig {
   uint64_t max_calls_per_worker = 0;
   absl::Duration max_worker_age = absl::ZeroDuration();
   uint64_t max_worker_rss_bytes = 0;
+  uint64_t max_worker_pss_bytes = 0;
   std::map<std::string, std::string> env;
 
   friend bool operator==(const PoolConfig&, const PoolConfig&) = default;

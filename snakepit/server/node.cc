@@ -110,6 +110,7 @@ PoolOptions ToPoolOptions(const PoolConfig& pool) {
                                ? pool.max_worker_age
                                : absl::InfiniteDuration();
   options.max_worker_rss_bytes = pool.max_worker_rss_bytes;
+  options.max_worker_pss_bytes = pool.max_worker_pss_bytes;
   return options;
 }
 

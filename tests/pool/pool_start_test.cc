@@ -1,10 +1,13 @@
-// Start-up of a Pool against real Python workers: calls made before the
-// workers are ready, and pools whose workers cannot start (degraded).
+// Start-up and capacity of a Pool against real Python workers: calls made
+// before the workers are ready, pools whose workers cannot start
+// (degraded), and workers that run several calls at once.
 
 #include <unistd.h>
 
 #include <cstdio>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "snakepit/base/status.h"
@@ -158,6 +161,112 @@ TEST(PoolStartTest, WaitingStartStillFailsWithTheImportError) {
   options.python = "/usr/bin/python3";
   absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
   EXPECT_EQ(ReasonOf(pool.status()), "import_error") << pool.status();
+}
+
+std::unique_ptr<Pool> StartConcurrent(int size, int slots) {
+  PoolOptions options;
+  options.modules = {FixturePath("concurrency.py")};
+  options.python = "/usr/bin/python3";
+  options.size = size;
+  options.max_concurrency = slots;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_TRUE(pool.ok()) << pool.status();
+  return pool.ok() ? std::move(*pool) : nullptr;
+}
+
+// Submits `n` calls of `function` and returns how long until all ended
+// and the worker pids they ran on.
+double RunAll(Pool& pool, const std::string& function, int n,
+              std::set<int64_t>* pids) {
+  absl::Time start = absl::Now();
+  std::vector<Call> calls;
+  for (int i = 0; i < n; ++i) {
+    calls.push_back(pool.Submit(function, {{"seconds", 1.0}},
+                                Within(absl::Seconds(30))));
+  }
+  for (Call& call : calls) {
+    absl::StatusOr<Value> r = call.Get();
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) {
+      pids->insert(r->get<int64_t>());
+    }
+  }
+  return SecondsSince(start);
+}
+
+TEST(PoolConcurrencyTest, TwoWorkersOfEightSlotsRunSixteenSleepsAtOnce) {
+  std::unique_ptr<Pool> pool = StartConcurrent(2, 8);
+  ASSERT_NE(pool, nullptr);
+  for (const char* function : {"concurrency.nap", "concurrency.anap"}) {
+    std::set<int64_t> pids;
+    double took = RunAll(*pool, function, 16, &pids);
+    // 16 one-second sleeps, 16 slots: about 1 s; one at a time would
+    // take 8 s per worker.
+    EXPECT_LT(took, 3.0) << function;
+    EXPECT_EQ(pids.size(), 2u) << function;
+  }
+  EXPECT_EQ(pool->Stats().restarts, 0u);
+}
+
+TEST(PoolConcurrencyTest, SlotsBoundTheCallsInFlight) {
+  std::unique_ptr<Pool> pool = StartConcurrent(1, 4);
+  ASSERT_NE(pool, nullptr);
+  std::set<int64_t> pids;
+  // 8 calls on 4 slots: two rounds of about 1 s each.
+  double took = RunAll(*pool, "concurrency.nap", 8, &pids);
+  EXPECT_GT(took, 1.9);
+  EXPECT_LT(took, 5.0);
+}
+
+TEST(PoolConcurrencyTest, CancellingOneCallLeavesTheOthersRunning) {
+  std::unique_ptr<Pool> pool = StartConcurrent(1, 4);
+  ASSERT_NE(pool, nullptr);
+  std::vector<Call> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(pool->Submit("concurrency.stuck", {{"seconds", 1.0}}));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  calls[1].Cancel();
+  EXPECT_EQ(ReasonOf(calls[1].Get().status()), "cancelled");
+  for (int i : {0, 2}) {
+    absl::StatusOr<Value> r = calls[i].Get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(*r, "done");
+  }
+  // The worker stopped the cancelled call in time and was kept.
+  EXPECT_EQ(pool->Stats().restarts, 0u);
+  absl::StatusOr<Value> r = pool->Invoke("concurrency.thread_name", {});
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+TEST(PoolConcurrencyTest, RecyclingWaitsForEveryCallOfTheWorker) {
+  PoolOptions options;
+  options.modules = {FixturePath("concurrency.py")};
+  options.python = "/usr/bin/python3";
+  options.size = 2;
+  options.max_concurrency = 4;
+  options.max_calls_per_worker = 5;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  std::vector<Call> calls;
+  for (int i = 0; i < 60; ++i) {
+    calls.push_back((*pool)->Submit("concurrency.nap", {{"seconds", 0.05}},
+                                    Within(absl::Seconds(60))));
+  }
+  for (Call& call : calls) {
+    absl::StatusOr<Value> r = call.Get();
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+  PoolStats stats = (*pool)->Stats();
+  EXPECT_GE(stats.restarts_by_reason["recycle_calls"], 5u);
+  EXPECT_EQ(stats.restarts_by_reason["crash"], 0u);
+}
+
+TEST(PoolConcurrencyTest, RejectsAnOutOfRangeConcurrency) {
+  PoolOptions options;
+  options.modules = {FixturePath("concurrency.py")};
+  options.max_concurrency = 0;
+  EXPECT_EQ(ReasonOf(Pool::Start(options).status()), "invalid_argument");
 }
 
 }  // namespace

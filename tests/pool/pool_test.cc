@@ -470,6 +470,35 @@ TEST(PoolLifecycleTest, RecyclingByMemoryReplacesALeakyWorker) {
   EXPECT_GE(pool->Stats().restarts_by_reason["recycle_memory"], 1u);
 }
 
+// The memory of a worker's children counts: a worker whose child holds
+// 200 MB is over a 150 MB limit although it is small itself, and is
+// recycled, its child with it.
+TEST(PoolLifecycleTest, RecyclingByMemoryCountsTheWholeProcessTree) {
+  for (bool by_pss : {false, true}) {
+    PoolOptions options;
+    (by_pss ? options.max_worker_pss_bytes : options.max_worker_rss_bytes) =
+        150u << 20;
+    auto pool = StartPool(1, kDebianPython, options);
+    ASSERT_TRUE(pool);
+    int pid = pool->Invoke("faults.pid", nullptr)->get<int>();
+    absl::StatusOr<Value> child =
+        pool->Invoke("faults.child_hog", {{"mb", 200}}, {absl::Seconds(30)});
+    ASSERT_TRUE(child.ok()) << child.status();
+    int child_pid = child->get<int>();
+
+    absl::Time limit = absl::Now() + absl::Seconds(10);
+    while (kill(child_pid, 0) == 0 && absl::Now() < limit) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    EXPECT_NE(kill(child_pid, 0), 0) << "the child outlived its worker";
+    EXPECT_EQ(pool->Stats().restarts_by_reason["recycle_memory"], 1u);
+    absl::StatusOr<Value> after = pool->Invoke("faults.pid", nullptr,
+                                               {absl::Seconds(30)});
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_NE(after->get<int>(), pid);
+  }
+}
+
 TEST(PoolLifecycleTest, AWorkerOverTheMemoryLimitFromBirthIsNotChurned) {
   PoolOptions options;
   options.max_worker_rss_bytes = 1u << 20;  // below any Python's size

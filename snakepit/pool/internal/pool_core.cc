@@ -936,8 +936,7 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
     w->ready_deadline = absl::InfiniteFuture();
     start_failures_in_row_ = 0;
     last_start_failure_ = absl::OkStatus();
-    absl::StatusOr<uint64_t> rss = os::ReadRssBytes(w->pid);
-    w->rss_at_ready = rss.ok() ? *rss : 0;
+    w->over_memory_at_ready = !MemoryOverLimit(w->pid).empty();
     w->next_ping = absl::Now() + options_.liveness_interval;
     if (!closed_) {
       DispatchQueuedLocked(w, deferred, &to_send);
@@ -996,22 +995,43 @@ std::string PoolCore::RecycleReasonLocked(Worker& w) {
   if (absl::Now() - w.started >= options_.max_worker_age) {
     return "recycle_age";
   }
-  if (options_.max_worker_rss_bytes > 0) {
-    absl::StatusOr<uint64_t> rss = os::ReadRssBytes(w.pid);
-    if (rss.ok() && *rss > options_.max_worker_rss_bytes) {
-      if (w.rss_at_ready > options_.max_worker_rss_bytes) {
-        // A fresh worker is already over the limit: recycling would only
-        // churn. Say so once per worker and let it serve.
-        if (memory_reported_.insert(w.serial).second) {
-          Log().warn("pool {} worker {} starts above the memory limit ({} "
-                     "bytes at ready, limit {}); not recycling it",
-                     options_.name, w.pid, w.rss_at_ready,
-                     options_.max_worker_rss_bytes);
-        }
-        return "";
+  if (std::string over = MemoryOverLimit(w.pid); !over.empty()) {
+    if (w.over_memory_at_ready) {
+      // A fresh worker is already over the limit: recycling would only
+      // churn. Say so once per worker and let it serve.
+      if (memory_reported_.insert(w.serial).second) {
+        Log().warn("pool {} worker {} was over a memory limit when it "
+                   "became ready ({}); not recycling it",
+                   options_.name, w.pid, over);
       }
-      return "recycle_memory";
+      return "";
     }
+    return "recycle_memory";
+  }
+  return "";
+}
+
+std::string PoolCore::MemoryOverLimit(pid_t pid) const {
+  if (options_.max_worker_rss_bytes == 0 &&
+      options_.max_worker_pss_bytes == 0) {
+    return "";
+  }
+  absl::StatusOr<os::TreeMemory> memory = os::ReadTreeMemory(pid);
+  if (!memory.ok()) {
+    return "";  // it exited; its exit is handled elsewhere
+  }
+  auto over = [](uint64_t have, uint64_t limit) {
+    return limit > 0 && have > limit;
+  };
+  if (over(memory->rss_bytes, options_.max_worker_rss_bytes)) {
+    return absl::StrCat("RSS ", memory->rss_bytes, " bytes in ",
+                        memory->processes, " processes, limit ",
+                        options_.max_worker_rss_bytes);
+  }
+  if (over(memory->pss_bytes, options_.max_worker_pss_bytes)) {
+    return absl::StrCat("PSS ", memory->pss_bytes, " bytes in ",
+                        memory->processes, " processes, limit ",
+                        options_.max_worker_pss_bytes);
   }
   return "";
 }
@@ -1310,7 +1330,7 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
     }
   }
   w->running.clear();
-  if (was == WorkerState::kStarting) {
+  if (was == WorkerState::kStarting && !closed_) {
     absl::Status failure = w->fatal;
     std::string tail = w->stderr_tail.size() > kStderrTailBytes
                            ? w->stderr_tail.substr(w->stderr_tail.size() -

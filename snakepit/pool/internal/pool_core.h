@@ -104,7 +104,7 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     absl::Status fatal;               // what a FATAL frame said
     absl::Time started = absl::Now();
     uint64_t calls_served = 0;
-    uint64_t rss_at_ready = 0;
+    bool over_memory_at_ready = false;
     // Why the pool is ending this worker; empty: it was not (a crash).
     std::string exit_reason;
     bool retiring = false;            // recycled: GOODBYE sent
@@ -222,6 +222,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // Recycling. REQUIRES: mu_ held. Returns the reason to retire `w`
   // after the call it just finished, or "".
   std::string RecycleReasonLocked(Worker& w);
+  // Which memory limit the process tree of `pid` exceeds ("RSS ... bytes
+  // in N processes, limit L"), or "" when none (or none is set).
+  std::string MemoryOverLimit(pid_t pid) const;
   void RetireLocked(Worker& w, const std::string& reason);
   // Sends a retiring worker GOODBYE once it runs no call.
   void SayGoodbyeIfDoneLocked(Worker& w);
