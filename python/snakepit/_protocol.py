@@ -115,8 +115,11 @@ _unpack_prefix = PREFIX.unpack_from
 _pack_prefix = PREFIX.pack
 
 _INITIAL_BUFFER = 64 << 10
-# A buffer grown past this for one large frame is dropped afterwards, so
-# an idle worker does not keep a payload-sized buffer.
+# A buffer grown past this is kept only while frames keep needing it: it
+# is dropped before the first frame that would fit in less, so a worker
+# serving a run of large calls reuses one buffer (no fresh pages to fault
+# in per call), and one that served a single large call gives it back at
+# its next small one.
 _KEEP_BUFFER = 16 << 20
 
 
@@ -154,12 +157,13 @@ class FrameReader:
         ProtocolError for a frame that cannot be read.
         """
         if self._end - self._start < _PREFIX_LEN:
-            if self._start == self._end and len(self._buf) > _KEEP_BUFFER:
-                self._new_buffer(_INITIAL_BUFFER)
             self._fill(_PREFIX_LEN)
         start = self._start
         ftype, flags, _, header_len, body_len, fid = _unpack_prefix(
             self._buf, start)
+        if (len(self._buf) > _KEEP_BUFFER and start == 0
+                and header_len + body_len <= _KEEP_BUFFER):
+            self._shrink()
         if (flags or ftype not in self._allowed
                 or header_len > MAX_HEADER_LEN):
             self._reject(ftype, flags, header_len)
@@ -176,6 +180,15 @@ class FrameReader:
         body = self._view[body_start:body_start + body_len]
         self._consume(total)
         return Frame(ftype, fid, header, body, body_len)
+
+    def _shrink(self) -> None:
+        """Moves the unread bytes into a new buffer of the initial size
+        (or what they need): a smaller frame is next."""
+        unread = self._end - self._start
+        old_view, old_start = self._view, self._start
+        self._new_buffer(max(unread, _INITIAL_BUFFER))
+        self._view[:unread] = old_view[old_start:old_start + unread]
+        self._end = unread
 
     def buffered(self) -> bool:
         """Tells whether bytes of the next frame have been read already.

@@ -109,6 +109,31 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual((frame.id, bytes(frame.body)), (2, b"\xc0"))
         sender.join(TIMEOUT)
 
+    def test_a_run_of_large_frames_reuses_one_buffer(self) -> None:
+        big = b"\xab" * (20 << 20)  # over the size a buffer is kept at
+        writer = FrameWriter(self.a, CODEC)
+
+        def send() -> None:
+            for i in (1, 2):
+                writer.send(FrameType.CALL, i, {"fn": "f"}, [big])
+            writer.send(FrameType.CALL, 3, {"fn": "g"}, [b"\xc0"])
+            writer.send(FrameType.CALL, 4, {"fn": "g"}, [b"\xc2"])
+        sender = threading.Thread(target=send)
+        sender.start()
+        first = self.reader.read()
+        self.assertTrue(first.body == big)
+        grown = self.reader._buf
+        second = self.reader.read()
+        self.assertTrue(second.body == big)
+        self.assertIs(self.reader._buf, grown)
+        # A small frame next: the big buffer goes, the frames stay whole.
+        third = self.reader.read()
+        self.assertEqual((third.id, bytes(third.body)), (3, b"\xc0"))
+        self.assertLess(len(self.reader._buf), 1 << 20)
+        fourth = self.reader.read()
+        self.assertEqual((fourth.id, bytes(fourth.body)), (4, b"\xc2"))
+        sender.join(TIMEOUT)
+
     def test_body_over_the_limit_is_skipped(self) -> None:
         reader = FrameReader(self.b, CODEC, ALL_TYPES, max_body=10)
         self.a.sendall(raw_frame(10, 1, CODEC.encode({"fn": "f"}),
