@@ -81,6 +81,12 @@ def marked_processes(marker: str) -> List[int]:
             if name.isdigit() and carries(int(name), marker)]
 
 
+def kill_if_marked(pid: int, marker: str) -> None:
+    """SIGKILLs `pid` if it still carries the test's marker."""
+    if alive(pid) and carries(pid, marker):
+        os.kill(pid, signal.SIGKILL)
+
+
 def parent_of(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -112,7 +118,8 @@ class Run:
     """
 
     def __init__(self, module: str, workers: int, *, drain: str = "30s",
-                 grace: str = "5s", terminal: bool = False) -> None:
+                 grace: str = "5s", terminal: bool = False,
+                 run_dir: str = "") -> None:
         self.dir = tempfile.mkdtemp(prefix="snakepit-life-")
         self.trace = os.path.join(self.dir, "trace")
         os.mkdir(self.trace)
@@ -133,6 +140,9 @@ class Run:
                    SNAKEPIT_DRAIN_TIMEOUT=drain,
                    SNAKEPIT_WORKER_GRACE=grace)
         env[MARKER] = self.marker
+        # A registry of runs of this test's own, so that reaping here
+        # concerns only the processes the test started.
+        env["SNAKEPIT_RUN_DIR"] = run_dir or os.path.join(self.dir, "runs")
         args = [DAEMON, "--listen", f"unix:{self.socket}", "--admin",
                 "127.0.0.1:0", "--ready-file", self.ready_file, "--module",
                 module, "--python", PY, "--workers", str(workers)]
@@ -469,6 +479,31 @@ class HostKilledTest(LifecycleTest):
         self.assert_nothing_left(run, killed + 2)
         for call in calls:
             self.assertEqual(outcome(call)[0], "error")
+
+
+    def test_next_node_reaps_what_escaped_a_killed_one(self):
+        runs = tempfile.mkdtemp(prefix="snakepit-runs-")
+        self.addCleanup(shutil.rmtree, runs, True)
+        first = self.start(LIFECYCLE, 2, run_dir=runs)
+        workers = first.await_traced("started", 2)
+        escaped = outcome(first.submit("lifecycle.escape", {}))[1]
+        self.assertTrue(alive(escaped))
+        first.seen.add(escaped)
+        self.addCleanup(kill_if_marked, escaped, first.marker)
+
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+        # The workers and their groups go; the escaped process does not.
+        self.assertTrue(wait_until(
+            lambda: not [p for p in workers if alive(p)], 5))
+        time.sleep(0.5)
+        self.assertTrue(alive(escaped), "nothing should have ended it yet")
+
+        # A new node on the same registry reaps the crashed run's leftover.
+        second = self.start(LIFECYCLE, 1, run_dir=runs)
+        self.assertTrue(wait_until(lambda: not alive(escaped), 2),
+                        second.output()[-4000:])
+        self.assertIn("is stale: killed 1 process", second.output())
 
 
 # 4. Crashes under load ------------------------------------------------------
