@@ -310,7 +310,8 @@ std::vector<admin::Check> Node::Readiness() const {
                     draining ? "the node is shutting down" : ""});
   for (const api::ServedPool& served : state_.pools) {
     PoolStats stats = served.pool->Stats();
-    bool warm = stats.ready == stats.size && stats.starting == 0;
+    // A recycled worker's replacement may make one more for a moment.
+    bool warm = stats.ready >= stats.size && stats.starting == 0;
     std::string detail =
         absl::StrCat(stats.ready, " of ", stats.size, " workers ready");
     if (stats.state == PoolState::kDegraded) {

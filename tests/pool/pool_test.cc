@@ -449,8 +449,9 @@ TEST(PoolLifecycleTest, RecyclingByCallsLosesNoCall) {
   EXPECT_TRUE(AwaitFullSize(*pool, 2));
   absl::SleepFor(absl::Milliseconds(200));  // the last retiree's exit
   PoolStats stats = pool->Stats();
-  // One worker retires at a time, so fewer than 100 / 5 recycles.
-  EXPECT_GE(stats.restarts_by_reason["recycle_calls"], 3u);
+  // One worker at a time is recycled, and it serves on until its
+  // replacement is ready, so there are far fewer than 100 / 5 recycles.
+  EXPECT_GE(stats.restarts_by_reason["recycle_calls"], 1u);
   EXPECT_EQ(stats.restarts_by_reason.count("crash"), 0u);
 }
 

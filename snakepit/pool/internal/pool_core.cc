@@ -469,10 +469,18 @@ void PoolCore::SettleLocked(const std::shared_ptr<Worker>& w,
     w->state = w->running.empty() ? WorkerState::kIdle : WorkerState::kBusy;
     return;
   }
-  std::string recycle = RecycleReasonLocked(*w);
-  if (!recycle.empty()) {
-    RetireLocked(*w, recycle);
-    return;
+  if (w->replaced_for.empty()) {
+    std::string recycle = RecycleReasonLocked(*w);
+    if (recycle == "recycle_memory") {
+      // Over its memory budget: it takes no more calls, and its
+      // replacement starts as it goes.
+      ReplaceLocked(*w, recycle);
+      RetireLocked(*w, recycle);
+      return;
+    }
+    if (!recycle.empty()) {
+      ReplaceLocked(*w, recycle);  // it serves on until that is ready
+    }
   }
   DispatchQueuedLocked(w, deferred, to_send);
 }
@@ -934,6 +942,7 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
       catalogue_known_ = true;
     }
     w->ready_deadline = absl::InfiniteFuture();
+    RetireReplacedLocked();
     start_failures_in_row_ = 0;
     last_start_failure_ = absl::OkStatus();
     w->over_memory_at_ready = !MemoryOverLimit(w->pid).empty();
@@ -984,7 +993,7 @@ void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
 
 std::string PoolCore::RecycleReasonLocked(Worker& w) {
   for (const auto& [serial, other] : workers_) {
-    if (other->retiring) {
+    if (other->retiring || !other->replaced_for.empty()) {
       return "";  // one at a time: the pool never loses two at once
     }
   }
@@ -1036,13 +1045,29 @@ std::string PoolCore::MemoryOverLimit(pid_t pid) const {
   return "";
 }
 
+void PoolCore::ReplaceLocked(Worker& w, const std::string& reason) {
+  w.replaced_for = reason;
+  ++missing_;
+  respawn_at_ = std::min(respawn_at_, absl::Now());
+  Log().debug("pool {} worker {} is due for recycling ({}) after {} calls; "
+              "starting its replacement",
+              options_.name, w.pid, reason, w.calls_served);
+}
+
+void PoolCore::RetireReplacedLocked() {
+  for (auto& [serial, w] : workers_) {
+    if (!w->replaced_for.empty() && !w->retiring &&
+        w->state != WorkerState::kExited) {
+      RetireLocked(*w, w->replaced_for);
+      return;
+    }
+  }
+}
+
 void PoolCore::RetireLocked(Worker& w, const std::string& reason) {
   w.retiring = true;
   w.exit_reason = reason;
   w.state = WorkerState::kStopping;
-  // The replacement starts now, while this one exits.
-  ++missing_;
-  respawn_at_ = std::min(respawn_at_, absl::Now());
   w.goodbye_due = true;
   SayGoodbyeIfDoneLocked(w);
   Log().debug("pool {} worker {} recycled ({}) after {} calls",
@@ -1359,7 +1384,8 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
                                                       : "crash";
     ++restarts_by_reason_[why];
     ++restarts_;
-    if (!w->retiring) {  // a retiring worker's replacement is on its way
+    // A recycled worker's replacement is already on its way.
+    if (!w->retiring && w->replaced_for.empty()) {
       ++missing_;
       ScheduleRespawnLocked();
     }
@@ -1537,9 +1563,9 @@ void PoolCore::CheckLivenessLocked(Worker& w, absl::Time now) {
     w.pong_due = now + options_.liveness_timeout;
     (void)w.process->SendControl(FrameType::kPing, ++ping_seq_);
   }
-  if (now - w.started >= options_.max_worker_age &&
+  if (now - w.started >= options_.max_worker_age && w.replaced_for.empty() &&
       RecycleReasonLocked(w) == "recycle_age") {
-    RetireLocked(w, "recycle_age");
+    ReplaceLocked(w, "recycle_age");
   }
 }
 

@@ -107,7 +107,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     bool over_memory_at_ready = false;
     // Why the pool is ending this worker; empty: it was not (a crash).
     std::string exit_reason;
-    bool retiring = false;            // recycled: GOODBYE sent
+    // Recycling: `replaced_for` is set once the worker is due for
+    // recycling; it serves on until its replacement is ready, then it
+    // retires (no new calls, GOODBYE once its calls are done).
+    std::string replaced_for;
+    bool retiring = false;
     absl::Time next_ping = absl::InfiniteFuture();
     absl::Time pong_due = absl::InfiniteFuture();
     // Whoever reads the channel holds this: the I/O thread or a thread
@@ -222,6 +226,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // Recycling. REQUIRES: mu_ held. Returns the reason to retire `w`
   // after the call it just finished, or "".
   std::string RecycleReasonLocked(Worker& w);
+  // Starts `w`'s replacement; `w` retires when it is ready.
+  void ReplaceLocked(Worker& w, const std::string& reason);
+  // Retires the worker waiting for a replacement, if any: one is ready.
+  void RetireReplacedLocked();
   // Which memory limit the process tree of `pid` exceeds ("RSS ... bytes
   // in N processes, limit L"), or "" when none (or none is set).
   std::string MemoryOverLimit(pid_t pid) const;
