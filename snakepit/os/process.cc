@@ -87,15 +87,22 @@ absl::StatusOr<SpawnedProcess> Spawn(const SpawnRequest& request) {
     return ErrnoToStatus(err, absl::StrCat("start ", request.argv[0]));
   }
 
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) {
-    int open_err = errno;
+  absl::StatusOr<UniqueFd> pidfd = OpenPidfd(pid);
+  if (!pidfd.ok()) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    return ErrnoToStatus(open_err, "pidfd_open");
+    return pidfd.status();
+  }
+  return SpawnedProcess{pid, std::move(*pidfd)};
+}
+
+absl::StatusOr<UniqueFd> OpenPidfd(pid_t pid) {
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) {
+    return ErrnoToStatus(errno, absl::StrCat("pidfd_open ", pid));
   }
   ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  return SpawnedProcess{pid, UniqueFd(pidfd)};
+  return UniqueFd(pidfd);
 }
 
 std::string ExitInfo::Describe() const {

@@ -49,6 +49,11 @@ struct ExitInfo {
   std::string Describe() const;
 };
 
+// A pidfd for `pid`, which need not be a child of this process. The
+// caller must know that `pid` cannot have been reused (the process, or
+// its zombie, is held by a parent that cooperates).
+absl::StatusOr<UniqueFd> OpenPidfd(pid_t pid);
+
 // Reaps the process behind `pidfd` if it has exited; nullopt while it
 // runs. An error when it was already reaped.
 absl::StatusOr<std::optional<ExitInfo>> TryReap(int pidfd);
