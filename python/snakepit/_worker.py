@@ -209,7 +209,8 @@ class Worker:
             "runtime": __version__,
             "codec": self._codec.name,
         })
-        if not _prepare_process(self._zygote_pid):
+        # A zygote's child is prepared already (snakepit._zygote).
+        if self._zygote_pid is None and not _prepare_process():
             _exit_host_gone()
         threading.Thread(target=self._control_loop, name="snakepit-control",
                          daemon=True).start()
@@ -662,11 +663,10 @@ class Worker:
 
 # The process -----------------------------------------------------------------
 
-def _prepare_process(parent_pid: Optional[int] = None) -> bool:
+def _prepare_process() -> bool:
     """Sets up stdio and the parent-death signal.
 
-    Returns False if the parent (`parent_pid`, else the host named by
-    $SNAKEPIT_HOST_PID) is already gone.
+    Returns False if the host is already gone.
     """
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -677,18 +677,23 @@ def _prepare_process(parent_pid: Optional[int] = None) -> bool:
     if libc is not None:
         _line_buffer_c_stdout(libc)
         _arm_parent_death_signal(libc)
-    if parent_pid is not None:
-        return os.getppid() == parent_pid
     expected = os.environ.get("SNAKEPIT_HOST_PID", "")
     return not expected.isdigit() or os.getppid() == int(expected)
 
 
 def _libc() -> Any:
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True)
-    except Exception:
-        return None
+    """libc through ctypes, loaded once: a zygote's children reuse it."""
+    global _libc_handle
+    if _libc_handle is None:
+        try:
+            import ctypes
+            _libc_handle = ctypes.CDLL(None, use_errno=True)
+        except Exception:
+            return None
+    return _libc_handle
+
+
+_libc_handle: Any = None
 
 
 def _line_buffer_c_stdout(libc: Any) -> None:

@@ -56,7 +56,8 @@ from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, MAX_HEADER_DEPTH,
                                 ChannelClosed, FrameType, FrameWriter,
                                 Reason)
 from snakepit._worker import (EXIT_FATAL, ImportFailed, Options, Worker,
-                              _error_header, _exit_host_gone, _flush_stdio,
+                              _arm_parent_death_signal, _error_header,
+                              _exit_host_gone, _flush_stdio, _libc,
                               _prepare_process, fatal_header, import_modules,
                               parse_args)
 
@@ -276,7 +277,12 @@ class Zygote:
         signal, the host's fds on 3, 4, 1, 2 and no other fd."""
         self._sock.detach()  # fd 3 is about to become the channel
         os.setpgid(0, 0)
-        if not _prepare_process(self.pid):
+        # Stdio buffering is the zygote's, already set; the parent-death
+        # signal is not inherited.
+        libc = _libc()
+        if libc is not None:
+            _arm_parent_death_signal(libc)
+        if os.getppid() != self.pid:
             _exit_host_gone()  # The zygote died before we armed the signal.
         # Out of the way first, so that no dup2 overwrites a source.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CONTROL_FD + 1)
