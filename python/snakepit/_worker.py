@@ -682,18 +682,11 @@ def _prepare_process() -> bool:
 
 
 def _libc() -> Any:
-    """libc through ctypes, loaded once: a zygote's children reuse it."""
-    global _libc_handle
-    if _libc_handle is None:
-        try:
-            import ctypes
-            _libc_handle = ctypes.CDLL(None, use_errno=True)
-        except Exception:
-            return None
-    return _libc_handle
-
-
-_libc_handle: Any = None
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        return None
 
 
 def _line_buffer_c_stdout(libc: Any) -> None:

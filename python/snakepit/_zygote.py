@@ -39,6 +39,7 @@ from __future__ import annotations
 import array
 import collections
 import fcntl
+import functools
 import gc
 import os
 import platform
@@ -47,7 +48,7 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any, Deque, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Deque, Dict, List, NoReturn, Optional
 
 from snakepit import __version__
 from snakepit._codec import new_codec
@@ -55,11 +56,10 @@ from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, MAX_HEADER_DEPTH,
                                 MAX_HEADER_LEN, PREFIX, PROTOCOL_VERSION,
                                 ChannelClosed, FrameType, FrameWriter,
                                 Reason)
-from snakepit._worker import (EXIT_FATAL, ImportFailed, Options, Worker,
-                              _arm_parent_death_signal, _error_header,
-                              _exit_host_gone, _flush_stdio, _libc,
-                              _prepare_process, fatal_header, import_modules,
-                              parse_args)
+from snakepit._worker import (_PARENT_DEATH_SIGNAL, EXIT_FATAL, ImportFailed,
+                              Options, Worker, _error_header, _exit_host_gone,
+                              _flush_stdio, _libc, _prepare_process,
+                              fatal_header, import_modules, parse_args)
 
 __all__ = ["Zygote", "main"]
 
@@ -101,6 +101,7 @@ class Zygote:
         self._children: Dict[int, _Child] = {}
         self._pid_of_pidfd: Dict[int, int] = {}
         self._poll = select.poll()
+        self._arm_child: Optional[Callable[[], Any]] = None
 
     # Start-up ----------------------------------------------------------------
 
@@ -116,6 +117,7 @@ class Zygote:
         })
         if not _prepare_process():
             _exit_host_gone()
+        self._arm_child = _parent_death_call()
         # Off before the imports: a collection would free objects and
         # leave holes in pages the children then fill and so copy.
         gc.disable()
@@ -277,11 +279,10 @@ class Zygote:
         signal, the host's fds on 3, 4, 1, 2 and no other fd."""
         self._sock.detach()  # fd 3 is about to become the channel
         os.setpgid(0, 0)
-        # Stdio buffering is the zygote's, already set; the parent-death
-        # signal is not inherited.
-        libc = _libc()
-        if libc is not None:
-            _arm_parent_death_signal(libc)
+        # Stdio buffering and the signal's handler are the zygote's, set
+        # already; the parent-death signal itself is not inherited.
+        if self._arm_child is not None:
+            self._arm_child()
         if os.getppid() != self.pid:
             _exit_host_gone()  # The zygote died before we armed the signal.
         # Out of the way first, so that no dup2 overwrites a source.
@@ -326,6 +327,23 @@ class Zygote:
                 pass
 
 
+def _parent_death_call() -> Optional[Callable[[], Any]]:
+    """prctl(PR_SET_PDEATHSIG) with its arguments made once, in the
+    zygote: a child arms the signal with one cheap call."""
+    libc = _libc()
+    if libc is None:
+        return None
+    try:
+        import ctypes
+        pr_set_pdeathsig = 1
+        return functools.partial(
+            libc.prctl, ctypes.c_int(pr_set_pdeathsig),
+            ctypes.c_ulong(_PARENT_DEATH_SIGNAL), ctypes.c_ulong(0),
+            ctypes.c_ulong(0), ctypes.c_ulong(0))
+    except Exception:
+        return None
+
+
 def _close_all(fds: List[int]) -> None:
     for fd in fds:
         os.close(fd)
@@ -360,9 +378,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     zygote = Zygote(options, sock)
     zygote.start()
     zygote.serve()
-    # Only a forked child gets here, its fds in place.
+    # Only a forked child gets here, its fds in place. The zygote's
+    # objects stay: freeing them would write to pages the child shares.
     zygote_pid = zygote.pid
-    del zygote, sock
     channel = socket.socket(fileno=CHANNEL_FD)
     control = socket.socket(fileno=CONTROL_FD)
     for end in (channel, control):
