@@ -365,8 +365,9 @@ def zygote_target(summary: dict) -> dict:
     met = None if ready is None or pss is None else (
         ready <= 100 and pss <= 3 * 1024)
     return {"target": "50 numpy workers ready within 100 ms from a "
-            "running zygote, ≤ 3 MB PSS each (default placement)", "goal": 100.0, "unit": "ms",
-            "same": None, "default": ready, "met": met,
+            "running zygote, ≤ 3 MB PSS each (default placement)",
+            "goal": 100.0, "unit": "ms", "same": None, "default": ready,
+            "met": met,
             "verdict": "not measured" if met is None else
             f"{num(ready)} ms, {num(pss / 1024)} MB PSS per worker"}
 

@@ -272,7 +272,7 @@ class Zygote:
         os.waitid(os.P_PID, pid, os.WEXITED)
         del self._children[pid]
 
-    # In the child --------------------------------------------------------------
+    # In the child ------------------------------------------------------------
 
     def _become_worker(self, fds: List[int]) -> None:
         """Leaves the zygote behind: own process group, parent-death
