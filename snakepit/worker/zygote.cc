@@ -61,6 +61,19 @@ absl::Status ErrorFromFields(const Value& header) {
   return status;
 }
 
+// Waits on `cv` until `done()` or `deadline`; an infinite deadline waits
+// without a timeout (the chrono conversion of one would overflow).
+template <typename Predicate>
+void WaitUntil(std::condition_variable& cv,
+               std::unique_lock<std::mutex>& lock, absl::Time deadline,
+               Predicate done) {
+  if (deadline == absl::InfiniteFuture()) {
+    cv.wait(lock, done);
+  } else {
+    cv.wait_until(lock, absl::ToChronoTime(deadline), done);
+  }
+}
+
 std::vector<std::string> ZygoteArgv(const WorkerSpec& spec) {
   std::vector<std::string> argv = WorkerArgv(spec);
   argv[2] = "snakepit._zygote";  // takes the worker's options
@@ -107,12 +120,11 @@ class ZygoteLink final : public ExitReports {
     changed_.wait(lock, [&] { return spawned_; });
   }
 
-  // OK once READY came; else false with the thread finished (the zygote
-  // is gone) or `deadline` passed.
+  // True once READY came; false once the thread has finished (the
+  // zygote is gone) or `deadline` passed without it.
   bool AwaitReady(absl::Time deadline) {
     std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait_until(lock, absl::ToChronoTime(deadline),
-                        [&] { return ready_ || finished_; });
+    WaitUntil(changed_, lock, deadline, [&] { return ready_ || finished_; });
     return ready_;
   }
 
@@ -354,9 +366,8 @@ absl::StatusOr<uint64_t> ZygoteLink::SendFork(const std::vector<int>& fds,
 absl::StatusOr<pid_t> ZygoteLink::AwaitForked(uint64_t request,
                                               absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait_until(lock, absl::ToChronoTime(deadline), [&] {
-    return gone_ || forked_.count(request) != 0;
-  });
+  WaitUntil(changed_, lock, deadline,
+            [&] { return gone_ || forked_.count(request) != 0; });
   pending_.erase(request);
   auto it = forked_.find(request);
   if (it != forked_.end()) {
@@ -374,8 +385,8 @@ absl::StatusOr<pid_t> ZygoteLink::AwaitForked(uint64_t request,
 absl::StatusOr<os::ExitInfo> ZygoteLink::AwaitExit(pid_t pid,
                                                    absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                    [&] { return gone_ || exits_.count(pid) != 0; });
+  WaitUntil(changed_, lock, absl::Now() + timeout,
+            [&] { return gone_ || exits_.count(pid) != 0; });
   auto it = exits_.find(pid);
   if (it != exits_.end()) {
     return it->second;
