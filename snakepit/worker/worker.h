@@ -100,7 +100,8 @@ class WorkerProcess {
 
   // Signals the worker's process group (the worker and its children).
   // Until TryReap has returned the exit, the pid (and so the group id)
-  // cannot be reused: the host or the zygote holds the zombie.
+  // cannot be reused: the host, or the zygote while it lives, holds the
+  // zombie.
   void SignalGroup(int signal) const;
 
   // Reaps the worker if it has exited: its exit, or nullopt while it
