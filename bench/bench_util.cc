@@ -231,26 +231,30 @@ pid_t ParentOf(const std::string& pid) {
 
 }  // namespace
 
-std::vector<pid_t> ChildPids() {
+std::vector<pid_t> ChildrenOf(const std::vector<pid_t>& parents) {
   std::vector<pid_t> children;
   DIR* proc = ::opendir("/proc");
   if (proc == nullptr) {
     return children;
   }
-  pid_t self = ::getpid();
   while (struct dirent* entry = ::readdir(proc)) {
     std::string name = entry->d_name;
     if (name.empty() ||
         name.find_first_not_of("0123456789") != std::string::npos) {
       continue;
     }
-    if (ParentOf(name) == self) {
+    pid_t parent = ParentOf(name);
+    if (std::find(parents.begin(), parents.end(), parent) != parents.end()) {
       children.push_back(std::atoi(name.c_str()));
     }
   }
   ::closedir(proc);
   return children;
 }
+
+std::vector<pid_t> ChildPids() { return ChildrenOf({::getpid()}); }
+
+std::vector<pid_t> GrandchildPids() { return ChildrenOf(ChildPids()); }
 
 Row MemoryFields(const std::vector<pid_t>& workers) {
   Memory host = ReadMemory(::getpid()).value_or(Memory{});

@@ -127,6 +127,8 @@ std::optional<Memory> ReadMemory(pid_t pid);
 
 // Pids of this process's direct children, found by scanning /proc.
 std::vector<pid_t> ChildPids();
+// Their children (a zygote's workers).
+std::vector<pid_t> GrandchildPids();
 
 // Memory of a host and its workers: `host` is this process, the rest are
 // per-worker means and the workers' sum.

@@ -36,6 +36,7 @@ struct PoolSpec {
   std::string python;
   std::string module = "bench_echo.py";
   int workers = 1;
+  bool zygote = false;  // fork the workers from a zygote
 };
 
 // Starts the pool; on failure prints why on stderr.

@@ -29,6 +29,7 @@ absl::StatusOr<std::unique_ptr<Pool>> StartPool(const PoolSpec& spec) {
   options.python = spec.python;
   options.modules = {std::string(SNAKEPIT_BENCH_DIR) + "/" + spec.module};
   options.size = spec.workers;
+  options.zygote = spec.zygote;
   options.max_payload_bytes = 256u << 20;
   absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
   if (!pool.ok()) {

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 POOL = "snakepit Pool, msgpack bytes in and out"
 POOL_VALUE = "snakepit Pool, Value in and out"
 POOL_START = "snakepit Pool, exec start, module imports numpy"
+ZYGOTE_START = "snakepit Zygote.Fork, module imports numpy"
 MP_APPLY = "multiprocessing.Pool.apply"
 GRPC_PY = "gRPC to a Python grpcio server (4 threads)"
 GRPC_CPP = "gRPC to a bare C++ gRPC echo server"

@@ -69,6 +69,10 @@ class FrameType(enum.IntEnum):
     SESSION_WRITE = 41
     SESSION_REPLY = 42
     SESSION_END = 43
+    FORK = 60
+    FORKED = 61
+    EXITED = 62
+    RELEASE = 63
 
 
 class Reason:

@@ -74,8 +74,8 @@ from snakepit._registry import (FunctionEntry, catalogue, entries, hooks,
                                 session_end_hooks)
 from snakepit._session import Session, SessionConflict, SessionError
 
-__all__ = ["EXIT_FATAL", "MAX_CONCURRENCY", "Options", "Worker", "main",
-           "parse_args"]
+__all__ = ["EXIT_FATAL", "ImportFailed", "MAX_CONCURRENCY", "Options",
+           "Worker", "fatal_header", "import_modules", "main", "parse_args"]
 
 EXIT_FATAL = 3
 
@@ -182,12 +182,41 @@ class _SessionEnd(NamedTuple):
     calls: Set[int]
 
 
+class ImportFailed(Exception):
+    """A module of the pool raised at import; `cause` is what it raised."""
+
+    def __init__(self, name: str, cause: BaseException) -> None:
+        super().__init__(f"cannot import module {name!r}: "
+                         f"{_describe(cause)}")
+        self.cause = cause
+
+
+def import_modules(options: Options) -> None:
+    """Puts `options.paths` first in sys.path and imports the modules.
+
+    Raises ImportFailed for the first module that raises.
+    """
+    sys.path[0:0] = options.paths
+    for name in options.modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            raise ImportFailed(name, exc) from None
+
+
 class Worker:
-    """Serves calls on the channel until GOODBYE or the host's end."""
+    """Serves calls on the channel until GOODBYE or the host's end.
+
+    `zygote_pid` is set in a worker forked by that zygote
+    (snakepit._zygote): the modules are already imported, and the
+    zygote, not the host, is the parent whose death ends the worker.
+    """
 
     def __init__(self, options: Options, channel: socket.socket,
-                 control: socket.socket) -> None:
+                 control: socket.socket,
+                 zygote_pid: Optional[int] = None) -> None:
         self._options = options
+        self._zygote_pid = zygote_pid
         self._pid = os.getpid()
         self._codec = new_codec(options.max_depth)
         self._header_codec = new_codec(MAX_HEADER_DEPTH)
@@ -247,7 +276,8 @@ class Worker:
             "runtime": __version__,
             "codec": self._codec.name,
         })
-        if not _prepare_process():
+        # A zygote's child is prepared already (snakepit._zygote).
+        if self._zygote_pid is None and not _prepare_process():
             _exit_host_gone()
         threading.Thread(target=self._control_loop, name="snakepit-control",
                          daemon=True).start()
@@ -262,14 +292,11 @@ class Worker:
     # Start-up ----------------------------------------------------------------
 
     def _import_modules(self) -> None:
-        sys.path[0:0] = self._options.paths
-        for name in self._options.modules:
+        if self._zygote_pid is None:
             try:
-                importlib.import_module(name)
-            except BaseException as exc:
-                self._fatal(Reason.IMPORT_ERROR,
-                            f"cannot import module {name!r}: "
-                            f"{_describe(exc)}", exc)
+                import_modules(self._options)
+            except ImportFailed as failure:
+                self._fatal(Reason.IMPORT_ERROR, str(failure), failure.cause)
         runners: Dict[str, _Runner] = {
             "function": self._run_function,
             "async": self._run_async,
@@ -708,12 +735,7 @@ class Worker:
     def _fatal(self, reason: str, message: str,
                exc: Optional[BaseException] = None) -> NoReturn:
         """Sends FATAL and exits with status 3."""
-        if exc is None:
-            header = _error_header(reason, message)
-        else:
-            header = _error_header(reason, message, type=_type_name(exc),
-                                   traceback=_format_traceback(exc))
-        self._send(FrameType.FATAL, 0, header)
+        self._send(FrameType.FATAL, 0, fatal_header(reason, message, exc))
         _flush_stdio()
         os._exit(EXIT_FATAL)
 
@@ -1179,6 +1201,15 @@ def _error_header(reason: str, message: str,
             header[key] = _clip(value, _MAX_TRACEBACK_CHARS if long
                                 else _MAX_MESSAGE_CHARS)
     return header
+
+
+def fatal_header(reason: str, message: str,
+                 exc: Optional[BaseException] = None) -> Dict[str, str]:
+    """Returns FATAL header fields, with `exc`'s type and traceback."""
+    if exc is None:
+        return _error_header(reason, message)
+    return _error_header(reason, message, type=_type_name(exc),
+                         traceback=_format_traceback(exc))
 
 
 def _clip(text: str, limit: int) -> str:

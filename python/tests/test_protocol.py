@@ -60,7 +60,8 @@ class ProtocolTest(unittest.TestCase):
             ("RESULT", 11), ("ERROR", 12), ("CHUNK", 13), ("LOG", 14),
             ("CANCEL", 20), ("PING", 21), ("PONG", 22), ("GOODBYE", 30),
             ("SESSION_READ", 40), ("SESSION_WRITE", 41),
-            ("SESSION_REPLY", 42), ("SESSION_END", 43)])
+            ("SESSION_REPLY", 42), ("SESSION_END", 43), ("FORK", 60),
+            ("FORKED", 61), ("EXITED", 62), ("RELEASE", 63)])
 
     def test_writer_output_is_byte_exact(self) -> None:
         FrameWriter(self.a, CODEC).send(FrameType.ERROR, 2 ** 64 - 1,

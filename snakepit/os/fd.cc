@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "snakepit/base/status.h"
@@ -119,6 +120,41 @@ absl::Status SendAll(int fd, struct iovec* iov, int iov_count,
     return ErrnoToStatus(errno, "send to worker");
   }
   return absl::OkStatus();
+}
+
+absl::Status SendWithFds(int fd, struct iovec* iov, int iov_count,
+                         const std::vector<int>& fds, absl::Time deadline) {
+  if (fds.empty()) {
+    return SendAll(fd, iov, iov_count, deadline);
+  }
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  struct msghdr msg = {};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<size_t>(iov_count);
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  struct cmsghdr* header = CMSG_FIRSTHDR(&msg);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(header), fds.data(), sizeof(int) * fds.size());
+  while (true) {
+    ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      // The fds went with the first byte; the rest is plain bytes.
+      Advance(iov, iov_count, static_cast<size_t>(n));
+      return SendAll(fd, iov, iov_count, deadline);
+    }
+    if (errno == EINTR) {
+      continue;
+    }
+    if (errno != EAGAIN) {
+      return ErrnoToStatus(errno, "send fds");
+    }
+    if (absl::Status s = AwaitWritable(fd, deadline); !s.ok()) {
+      return s;
+    }
+  }
 }
 
 ssize_t ReadSome(int fd, void* buf, size_t size) {

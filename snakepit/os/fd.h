@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -54,6 +55,11 @@ absl::Status SetNonBlocking(int fd);
 // stops reading. `iov` is consumed.
 absl::Status SendAll(int fd, struct iovec* iov, int iov_count,
                      absl::Time deadline);
+
+// Like SendAll for the bytes of `iov`, with duplicates of `fds` passed
+// along with the first byte (SCM_RIGHTS). The caller's fds stay open.
+absl::Status SendWithFds(int fd, struct iovec* iov, int iov_count,
+                         const std::vector<int>& fds, absl::Time deadline);
 
 // Reads what is available from the non-blocking `fd` into `buf`, up to
 // `size` bytes. Returns the byte count; 0 at end of file; -1 with

@@ -96,15 +96,13 @@ absl::StatusOr<SpawnedProcess> Spawn(const SpawnRequest& request) {
     return ErrnoToStatus(err, absl::StrCat("start ", request.argv[0]));
   }
 
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) {
-    int open_err = errno;
+  absl::StatusOr<UniqueFd> pidfd = OpenPidfd(pid);
+  if (!pidfd.ok()) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    return ErrnoToStatus(open_err, "pidfd_open");
+    return pidfd.status();
   }
-  ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  return SpawnedProcess{pid, UniqueFd(pidfd)};
+  return SpawnedProcess{pid, std::move(*pidfd)};
 }
 
 std::string ExitInfo::Describe() const {

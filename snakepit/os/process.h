@@ -122,9 +122,12 @@ absl::StatusOr<std::vector<pid_t>> ListProcesses();
 // PERMISSION_DENIED for another user's process.
 absl::StatusOr<std::string> ReadEnviron(pid_t pid);
 
-// A pidfd for `pid`, close-on-exec. It names the process it was opened
-// for even once that pid is reused, so a check made after opening it and
-// a signal sent through it concern one process. NOT_FOUND when gone.
+// A pidfd for `pid`, close-on-exec; `pid` need not be a child of this
+// process. It names the process it was opened for even once that pid is
+// reused, so a check made after opening it and a signal sent through it
+// concern one process; the caller must know the pid was not reused
+// before it was opened (its own child, or a zombie held by a cooperating
+// parent, or a check after). NOT_FOUND when gone.
 absl::StatusOr<UniqueFd> OpenPidfd(pid_t pid);
 
 // Sends `signal` to the process behind `pidfd`. NOT_FOUND when it has

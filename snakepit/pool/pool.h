@@ -87,6 +87,13 @@ struct PoolOptions {
   absl::Duration liveness_interval = absl::Seconds(5);
   absl::Duration liveness_timeout = absl::Seconds(5);
 
+  // Start workers by forking them from a zygote: one process that imports
+  // the modules once (docs/architecture.md, "Zygote start"). Start,
+  // replacement and recycling all fork; workers start in a few ms each
+  // and share the imported modules' memory. Not for modules that start
+  // threads or initialise CUDA at import (the zygote refuses the first).
+  bool zygote = false;
+
   // Where the snakepit Python runtime lives. Empty: found automatically.
   std::string runtime_dir;
   // Serves ctx.session; calls with a session fail FAILED_PRECONDITION

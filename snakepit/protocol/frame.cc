@@ -51,6 +51,10 @@ bool IsKnownFrameType(uint8_t type) {
     case FrameType::kSessionWrite:
     case FrameType::kSessionReply:
     case FrameType::kSessionEnd:
+    case FrameType::kFork:
+    case FrameType::kForked:
+    case FrameType::kExited:
+    case FrameType::kRelease:
       return true;
   }
   return false;

@@ -41,6 +41,11 @@ enum class FrameType : uint8_t {
   kSessionWrite = 41,
   kSessionReply = 42,
   kSessionEnd = 43,
+  // Host <-> zygote (docs/protocol.md, "Zygote").
+  kFork = 60,
+  kForked = 61,
+  kExited = 62,
+  kRelease = 63,
 };
 
 // True for the numbers the table in docs/protocol.md lists.

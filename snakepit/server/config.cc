@@ -161,6 +161,7 @@ class TableReader {
             bool (*valid)(std::string_view) = nullptr,
             std::string_view invalid = "");
   void Read(std::string_view key, absl::Duration* out);
+  void Read(std::string_view key, bool* out);
   // Integers must lie in lo..hi, which must fit in T.
   template <typename T>
   void ReadInt(std::string_view key, int64_t lo, int64_t hi, T* out);
@@ -280,6 +281,13 @@ void TableReader::Read(std::string_view key, std::vector<std::string>* out,
     }
   }
   *out = std::move(values);
+}
+
+void TableReader::Read(std::string_view key, bool* out) {
+  const toml::node* node = Get(key, toml::node_type::boolean, "true or false");
+  if (node != nullptr) {
+    *out = node->as_boolean()->get();
+  }
 }
 
 void TableReader::Read(std::string_view key, absl::Duration* out) {
@@ -418,7 +426,7 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
       {"name", "modules", "paths", "python", "size", "max_queue",
        "startup_timeout", "cancel_grace", "max_payload_bytes",
        "max_concurrency", "max_calls_per_worker", "max_worker_age",
-       "max_worker_rss_bytes", "max_worker_pss_bytes", "env"});
+       "max_worker_rss_bytes", "max_worker_pss_bytes", "zygote", "env"});
   r.Read("name", &pool->name);
   r.Check("name", !pool->name.empty(), "is empty");
   r.Read("modules", &pool->modules);
@@ -432,6 +440,7 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
   r.Read("cancel_grace", &pool->cancel_grace);
   r.ReadInt("max_payload_bytes", 1, kMaxU32, &pool->max_payload_bytes);
   r.ReadInt("max_concurrency", 1, 256, &pool->max_concurrency);
+  r.Read("zygote", &pool->zygote);
   r.ReadInt("max_calls_per_worker", 0, std::numeric_limits<int64_t>::max(),
             &pool->max_calls_per_worker);
   r.Read("max_worker_age", &pool->max_worker_age);
@@ -800,6 +809,7 @@ void PrintPool(const PoolConfig& pool, std::string* out) {
   AppendKey(out, "cancel_grace", QuoteDuration(pool.cancel_grace));
   AppendKey(out, "max_payload_bytes", absl::StrCat(pool.max_payload_bytes));
   AppendKey(out, "max_concurrency", absl::StrCat(pool.max_concurrency));
+  AppendKey(out, "zygote", pool.zygote ? "true" : "false");
   AppendKey(out, "max_calls_per_worker",
             absl::StrCat(pool.max_calls_per_worker));
   AppendKey(out, "max_worker_age", QuoteDuration(pool.max_worker_age));

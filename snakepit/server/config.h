@@ -27,6 +27,7 @@ struct PoolConfig {
   absl::Duration cancel_grace = absl::Seconds(2);
   uint32_t max_payload_bytes = 256u << 20;
   int max_concurrency = 1;
+  bool zygote = false;  // fork workers from a zygote
   // Recycling; 0: no limit.
   uint64_t max_calls_per_worker = 0;
   absl::Duration max_worker_age = absl::ZeroDuration();

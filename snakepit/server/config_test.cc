@@ -49,6 +49,12 @@ FOO = "bar"
 name = "batch"
 modules = ["jobs", "more_jobs"]
 size = 8
+max_concurrency = 4
+zygote = true
+max_calls_per_worker = 1000
+max_worker_age = "1h"
+max_worker_rss_bytes = 1073741824
+max_worker_pss_bytes = 536870912
 )";
 
 std::string MessageOf(const absl::Status& status) {
@@ -121,6 +127,13 @@ TEST(ParseConfigTest, ReadsEveryKey) {
   EXPECT_EQ(second.size, 8);
   EXPECT_EQ(second.startup_timeout, PoolConfig().startup_timeout);
   EXPECT_TRUE(second.env.empty());
+  EXPECT_EQ(second.max_concurrency, 4);
+  EXPECT_TRUE(second.zygote);
+  EXPECT_FALSE(first.zygote);
+  EXPECT_EQ(second.max_calls_per_worker, 1000u);
+  EXPECT_EQ(second.max_worker_age, absl::Hours(1));
+  EXPECT_EQ(second.max_worker_rss_bytes, 1u << 30);
+  EXPECT_EQ(second.max_worker_pss_bytes, 1u << 29);
 }
 
 TEST(PrintConfigTest, RoundTripsThroughParseConfig) {
@@ -236,6 +249,14 @@ INSTANTIATE_TEST_SUITE_P(
                 "(use e.g. \"30s\", \"500ms\", \"2m\")"},
         BadFile{"IntegerAsFloat", "[[pool]]\nmodules = [\"m\"]\nsize = 2.0\n",
                 "f.toml:3:8: pool.size: expected an integer, got a float"},
+        BadFile{"ZygoteAsString",
+                "[[pool]]\nmodules = [\"m\"]\nzygote = \"yes\"\n",
+                "f.toml:3:10: pool.zygote: expected true or false, got a "
+                "string"},
+        BadFile{"ConcurrencyTooLarge",
+                "[[pool]]\nmodules = [\"m\"]\nmax_concurrency = 257\n",
+                "f.toml:3:19: pool.max_concurrency: 257 is out of range "
+                "1..256"},
         BadFile{"SizeTooSmall", "[[pool]]\nmodules = [\"m\"]\nsize = 0\n",
                 "f.toml:3:8: pool.size: 0 is out of range 1..1024"},
         BadFile{"SizeTooLarge", "[[pool]]\nmodules = [\"m\"]\nsize = 1025\n",

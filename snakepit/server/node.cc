@@ -105,6 +105,7 @@ PoolOptions ToPoolOptions(const PoolConfig& pool) {
   options.max_queue = pool.max_queue;
   options.cancel_grace = pool.cancel_grace;
   options.max_concurrency = pool.max_concurrency;
+  options.zygote = pool.zygote;
   options.max_calls_per_worker = pool.max_calls_per_worker;
   options.max_worker_age = pool.max_worker_age > absl::ZeroDuration()
                                ? pool.max_worker_age

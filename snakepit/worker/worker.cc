@@ -24,6 +24,9 @@ bool HasRuntime(const fs::path& dir) {
   return fs::exists(dir / "snakepit" / "_worker.py", ec);
 }
 
+// How long TryReap waits for a zygote's report of an exit it has seen.
+constexpr absl::Duration kExitReportWait = absl::Seconds(2);
+
 // Thread-count variables that numeric libraries read at import. One
 // thread per worker unless the host or the pool says otherwise, so that
 // many workers importing numpy do not start thousands of threads.
@@ -152,23 +155,50 @@ std::vector<std::string> WorkerEnv(const WorkerSpec& spec) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(
-    const WorkerSpec& spec) {
-  os::UniqueFd channel, channel_child, control, control_child;
-  os::UniqueFd out_read, out_write, err_read, err_write;
+absl::StatusOr<WorkerProcess::Ends> WorkerProcess::MakeEnds() {
+  Ends ends;
   for (absl::Status s :
-       {os::MakeSocketPair(&channel, &channel_child),
-        os::MakeSocketPair(&control, &control_child),
-        os::MakePipe(&out_read, &out_write),
-        os::MakePipe(&err_read, &err_write)}) {
+       {os::MakeSocketPair(&ends.channel, &ends.child_channel),
+        os::MakeSocketPair(&ends.control, &ends.child_control),
+        os::MakePipe(&ends.stdout_read, &ends.stdout_write),
+        os::MakePipe(&ends.stderr_read, &ends.stderr_write)}) {
     if (!s.ok()) {
       return s;
     }
   }
+  return ends;
+}
+
+absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Adopt(
+    pid_t pid, os::UniqueFd pidfd, Ends& ends,
+    std::shared_ptr<ExitReports> exit_reports) {
+  auto worker = std::unique_ptr<WorkerProcess>(new WorkerProcess());
+  worker->pid_ = pid;
+  worker->pidfd_ = std::move(pidfd);
+  worker->exit_reports_ = std::move(exit_reports);
+  worker->stdout_ = std::move(ends.stdout_read);
+  worker->stderr_ = std::move(ends.stderr_read);
+  worker->channel_ = std::move(ends.channel);
+  worker->control_ = std::move(ends.control);
+  for (int fd : {worker->channel_.get(), worker->control_.get()}) {
+    if (absl::Status s = os::SetNonBlocking(fd); !s.ok()) {
+      worker->SignalGroup(SIGKILL);
+      return s;
+    }
+  }
+  return worker;
+}
+
+absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(
+    const WorkerSpec& spec) {
+  absl::StatusOr<Ends> ends = MakeEnds();
+  if (!ends.ok()) {
+    return ends.status();
+  }
   // The child's ends are moved above fd 4, so that every dup2 in the
   // child changes the number and so clears close-on-exec.
-  auto high_channel = os::DupAtLeast(channel_child.get(), 10);
-  auto high_control = os::DupAtLeast(control_child.get(), 10);
+  auto high_channel = os::DupAtLeast(ends->child_channel.get(), 10);
+  auto high_control = os::DupAtLeast(ends->child_control.get(), 10);
   if (!high_channel.ok() || !high_control.ok()) {
     return high_channel.ok() ? high_control.status() : high_channel.status();
   }
@@ -176,8 +206,8 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(
   os::SpawnRequest request;
   request.argv = WorkerArgv(spec);
   request.env = WorkerEnv(spec);
-  request.fds = {{out_write.get(), 1},
-                 {err_write.get(), 2},
+  request.fds = {{ends->stdout_write.get(), 1},
+                 {ends->stderr_write.get(), 2},
                  {high_channel->get(), protocol::kChannelFd},
                  {high_control->get(), protocol::kControlFd}};
   absl::StatusOr<os::SpawnedProcess> spawned = os::Spawn(request);
@@ -186,21 +216,13 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(
                        absl::StrCat("cannot start worker for pool ", spec.pool,
                                     ": ", spawned.status().message()));
   }
+  return Adopt(spawned->pid, std::move(spawned->pidfd), *ends, nullptr);
+}
 
-  auto worker = std::unique_ptr<WorkerProcess>(new WorkerProcess());
-  worker->pid_ = spawned->pid;
-  worker->pidfd_ = std::move(spawned->pidfd);
-  worker->stdout_ = std::move(out_read);
-  worker->stderr_ = std::move(err_read);
-  worker->channel_ = std::move(channel);
-  worker->control_ = std::move(control);
-  for (int fd : {worker->channel_.get(), worker->control_.get()}) {
-    if (absl::Status s = os::SetNonBlocking(fd); !s.ok()) {
-      worker->SignalGroup(SIGKILL);
-      return s;
-    }
+WorkerProcess::~WorkerProcess() {
+  if (exit_reports_ != nullptr && !released_) {
+    exit_reports_->Release(pid_);
   }
-  return worker;
 }
 
 absl::Status WorkerProcess::Send(protocol::FrameType type, uint64_t id,
@@ -242,6 +264,29 @@ void WorkerProcess::CloseSockets() {
 
 void WorkerProcess::SignalGroup(int signal) const {
   os::SignalGroup(pid_, signal);
+}
+
+absl::StatusOr<std::optional<os::ExitInfo>> WorkerProcess::TryReap() {
+  if (exit_reports_ == nullptr) {
+    return os::TryReap(pidfd_.get());
+  }
+  std::lock_guard<std::mutex> lock(reap_mu_);
+  if (released_) {
+    return ErrnoToStatus(ECHILD, absl::StrCat("reap worker ", pid_));
+  }
+  if (!os::AwaitExit(pidfd_.get(), absl::ZeroDuration())) {
+    return std::nullopt;
+  }
+  // The pidfd turns readable as the worker exits; the zygote's report
+  // follows within a moment.
+  absl::StatusOr<os::ExitInfo> exit =
+      exit_reports_->AwaitExit(pid_, kExitReportWait);
+  exit_reports_->Release(pid_);
+  released_ = true;
+  if (!exit.ok()) {
+    return exit.status();
+  }
+  return *exit;
 }
 
 }  // namespace snakepit::worker

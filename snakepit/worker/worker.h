@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "snakepit/os/fd.h"
+#include "snakepit/os/process.h"
 #include "snakepit/protocol/frame.h"
 
 namespace snakepit::worker {
@@ -52,13 +54,35 @@ absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured);
 std::vector<std::string> WorkerArgv(const WorkerSpec& spec);
 std::vector<std::string> WorkerEnv(const WorkerSpec& spec);
 
+// Where the exit status of a worker comes from when the host is not its
+// parent: a zygote's children (zygote.h). Thread-safe.
+class ExitReports {
+ public:
+  virtual ~ExitReports() = default;
+
+  // The exit status of `pid`, which has exited; waits up to `timeout` for
+  // it to be reported. UNAVAILABLE when it never will be (the reporter is
+  // gone), DEADLINE_EXCEEDED when it is late.
+  virtual absl::StatusOr<os::ExitInfo> AwaitExit(pid_t pid,
+                                                 absl::Duration timeout) = 0;
+
+  // The host is done with `pid`: its parent may reap it, and the pid may
+  // be reused. Called once per pid.
+  virtual void Release(pid_t pid) = 0;
+};
+
 // A started worker process and the host's ends of its sockets and pipes.
 //
 // Thread-safe for Send/SendControl; the fds are read by one thread only.
+// A worker comes from Start (a child of the host) or from Zygote::Fork (a
+// child of the zygote); the two behave alike for their user.
 class WorkerProcess {
  public:
   static absl::StatusOr<std::unique_ptr<WorkerProcess>> Start(
       const WorkerSpec& spec);
+
+  // Lets the zygote reap a zygote's child the host has not reaped.
+  ~WorkerProcess();
 
   pid_t pid() const { return pid_; }
   int channel_fd() const { return channel_.get(); }
@@ -79,14 +103,39 @@ class WorkerProcess {
   void CloseSockets();
 
   // Signals the worker's process group (the worker and its children).
+  // Until TryReap has returned the exit, the pid (and so the group id)
+  // cannot be reused: the host, or the zygote while it lives, holds the
+  // zombie.
   void SignalGroup(int signal) const;
 
+  // Reaps the worker if it has exited: its exit, or nullopt while it
+  // runs; an error once reaped. A zygote's child is reaped by the zygote,
+  // which reports the exit: once the pidfd is readable this waits up to
+  // 2 s for that report. UNAVAILABLE ("status unknown") only if the
+  // zygote is gone. Call from one thread at a time.
+  absl::StatusOr<std::optional<os::ExitInfo>> TryReap();
+
  private:
+  friend class Zygote;
+
+  // Both ends of a worker's two sockets and two pipes.
+  struct Ends {
+    os::UniqueFd channel, control, stdout_read, stderr_read;  // the host's
+    os::UniqueFd child_channel, child_control, stdout_write, stderr_write;
+  };
+  static absl::StatusOr<Ends> MakeEnds();
+
+  // Takes the host's ends of `ends` and makes the sockets non-blocking.
+  static absl::StatusOr<std::unique_ptr<WorkerProcess>> Adopt(
+      pid_t pid, os::UniqueFd pidfd, Ends& ends,
+      std::shared_ptr<ExitReports> exit_reports);
+
   WorkerProcess() = default;
 
   // Fixed at construction.
   pid_t pid_ = -1;
   os::UniqueFd pidfd_;
+  std::shared_ptr<ExitReports> exit_reports_;  // null for a host's child
   os::UniqueFd stdout_;
   os::UniqueFd stderr_;
 
@@ -94,6 +143,10 @@ class WorkerProcess {
   std::mutex send_mu_;
   os::UniqueFd channel_;
   os::UniqueFd control_;
+
+  // Guarded by reap_mu_.
+  std::mutex reap_mu_;
+  bool released_ = false;  // a zygote's child: Release() was called
 };
 
 }  // namespace snakepit::worker

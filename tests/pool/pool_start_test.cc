@@ -1,8 +1,12 @@
 // Start-up and capacity of a Pool against real Python workers: calls made
 // before the workers are ready, pools whose workers cannot start
-// (degraded), and workers that run several calls at once.
+// (degraded), workers forked from a zygote, and workers that run several
+// calls at once.
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <fstream>
 
 #include <cstdio>
 #include <set>
@@ -267,6 +271,128 @@ TEST(PoolConcurrencyTest, RejectsAnOutOfRangeConcurrency) {
   options.modules = {FixturePath("concurrency.py")};
   options.max_concurrency = 0;
   EXPECT_EQ(ReasonOf(Pool::Start(options).status()), "invalid_argument");
+}
+
+// The parent pid of `pid`, from /proc; 0 when gone.
+int ParentOf(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) {
+    return 0;
+  }
+  size_t close = line.rfind(')');
+  char state = 0;
+  int ppid = 0;
+  if (close == std::string::npos ||
+      sscanf(line.c_str() + close + 2, "%c %d", &state, &ppid) != 2) {
+    return 0;
+  }
+  return ppid;
+}
+
+bool Alive(int pid) { return kill(pid, 0) == 0 && ParentOf(pid) != 0; }
+
+std::unique_ptr<Pool> StartForked(int size, PoolOptions options = {}) {
+  options.modules = {FixturePath("faults.py")};
+  options.python = "/usr/bin/python3";
+  options.size = size;
+  options.zygote = true;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_TRUE(pool.ok()) << pool.status();
+  return pool.ok() ? std::move(*pool) : nullptr;
+}
+
+TEST(PoolZygoteTest, WorkersAreForkedFromOneZygoteAndServe) {
+  std::unique_ptr<Pool> pool = StartForked(3);
+  ASSERT_NE(pool, nullptr);
+  std::set<int> parents;
+  std::vector<Call> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(pool->Submit("faults.pid_after", {{"seconds", 0.3}}));
+  }
+  for (Call& call : calls) {
+    absl::StatusOr<Value> pid = call.Get();
+    ASSERT_TRUE(pid.ok()) << pid.status();
+    parents.insert(ParentOf(pid->get<int>()));
+  }
+  ASSERT_EQ(parents.size(), 1u);
+  int zygote = *parents.begin();
+  EXPECT_NE(zygote, getpid());
+  EXPECT_EQ(ParentOf(zygote), getpid());
+  absl::StatusOr<Value> sum = pool->Invoke("faults.add", {{"a", 2}, {"b", 3}});
+  ASSERT_TRUE(sum.ok()) << sum.status();
+  EXPECT_EQ(*sum, 5);
+
+  pool->Shutdown();
+  EXPECT_FALSE(Alive(zygote)) << "the zygote outlived its pool";
+}
+
+TEST(PoolZygoteTest, ACrashedWorkerIsReportedAndReforked) {
+  std::unique_ptr<Pool> pool = StartForked(1);
+  ASSERT_NE(pool, nullptr);
+  absl::StatusOr<Value> r = pool->Invoke("faults.exit_with", {{"status", 7}});
+  EXPECT_EQ(ReasonOf(r.status()), "worker_crashed") << r.status();
+  EXPECT_NE(r.status().message().find("exited with status 7"),
+            absl::string_view::npos)
+      << r.status();
+  r = pool->Invoke("faults.kill_self", {}, Within(absl::Seconds(30)));
+  EXPECT_NE(r.status().message().find("signal 9"), absl::string_view::npos)
+      << r.status();
+  r = pool->Invoke("faults.pid", {}, Within(absl::Seconds(30)));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(pool->Stats().restarts_by_reason["crash"], 2u);
+}
+
+TEST(PoolZygoteTest, RecyclingForksReplacements) {
+  PoolOptions options;
+  options.max_calls_per_worker = 3;
+  std::unique_ptr<Pool> pool = StartForked(2, options);
+  ASSERT_NE(pool, nullptr);
+  std::set<int64_t> pids;
+  for (int i = 0; i < 30; ++i) {
+    // Calls of 20 ms: the replacement of a worker is forked and ready
+    // within a few of them.
+    absl::StatusOr<Value> r = pool->Invoke(
+        "faults.pid_after", {{"seconds", 0.02}}, Within(absl::Seconds(30)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    pids.insert(r->get<int64_t>());
+  }
+  EXPECT_GE(pids.size(), 3u);
+  EXPECT_GE(pool->Stats().restarts_by_reason["recycle_calls"], 1u);
+  EXPECT_EQ(pool->Stats().restarts_by_reason["crash"], 0u);
+}
+
+TEST(PoolZygoteTest, ALostZygoteIsReplacedAndTheWorkersWithIt) {
+  std::unique_ptr<Pool> pool = StartForked(2);
+  ASSERT_NE(pool, nullptr);
+  absl::StatusOr<Value> pid = pool->Invoke("faults.pid", {});
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  int zygote = ParentOf(pid->get<int>());
+  ASSERT_GT(zygote, 1);
+  ASSERT_EQ(kill(zygote, SIGKILL), 0);
+
+  absl::Time limit = absl::Now() + absl::Seconds(5);
+  while (Alive(pid->get<int>()) && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_FALSE(Alive(pid->get<int>())) << "a worker outlived its zygote";
+  absl::StatusOr<Value> after =
+      pool->Invoke("faults.pid", {}, Within(absl::Seconds(30)));
+  ASSERT_TRUE(after.ok()) << after.status();
+  int new_zygote = ParentOf(after->get<int>());
+  EXPECT_NE(new_zygote, zygote);
+  EXPECT_NE(new_zygote, getpid());
+}
+
+TEST(PoolZygoteTest, AnImportErrorFailsStart) {
+  PoolOptions options;
+  options.modules = {FixturePath("broken_import.py")};
+  options.python = "/usr/bin/python3";
+  options.zygote = true;
+  absl::StatusOr<std::unique_ptr<Pool>> pool = Pool::Start(options);
+  EXPECT_EQ(ReasonOf(pool.status()), "import_error") << pool.status();
+  EXPECT_NE(pool.status().message().find("this module fails at import"),
+            absl::string_view::npos);
 }
 
 }  // namespace

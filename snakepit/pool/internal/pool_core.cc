@@ -151,9 +151,48 @@ absl::Status PoolCore::Start(bool wait) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<worker::WorkerProcess>>
+PoolCore::NewProcess() {
+  if (!options_.zygote) {
+    return worker::WorkerProcess::Start(spec_);
+  }
+  if (zygote_ && !zygote_->alive()) {
+    OnZygoteExit();
+  }
+  if (!zygote_) {
+    // Blocks this thread for the modules' import; the workers that could
+    // need it meanwhile are the zygote's, and they are gone.
+    absl::StatusOr<std::unique_ptr<worker::Zygote>> zygote =
+        worker::Zygote::Start(spec_, absl::Now() + options_.startup_timeout);
+    if (!zygote.ok()) {
+      return zygote.status();
+    }
+    zygote_ = std::move(*zygote);
+    Watch(zygote_->pidfd(), kZygote);
+    if (registry_) {
+      (void)registry_->AddWorker(zygote_->pid());
+    }
+  }
+  return zygote_->Fork(absl::Now() + options_.startup_timeout);
+}
+
+void PoolCore::OnZygoteExit() {
+  if (!zygote_) {
+    return;
+  }
+  // The zygote's own reader has logged its exit; its workers' exits
+  // bring replacements, forked from a new zygote.
+  Unwatch(zygote_->pidfd());
+  pid_t pid = zygote_->pid();
+  zygote_.reset();  // ends its workers' groups and reaps it
+  if (registry_) {
+    registry_->RemoveWorker(pid);
+  }
+}
+
 absl::Status PoolCore::SpawnWorker() {
   absl::StatusOr<std::unique_ptr<worker::WorkerProcess>> process =
-      worker::WorkerProcess::Start(spec_);
+      NewProcess();
   if (!process.ok()) {
     return process.status();
   }
@@ -633,6 +672,10 @@ void PoolCore::OnEvent(uint64_t tag, uint32_t events, Deferred* deferred) {
     waker_.Drain();
     return;
   }
+  if ((tag & 7) == kZygote) {
+    OnZygoteExit();
+    return;
+  }
   std::shared_ptr<Worker> w = Find(static_cast<uint32_t>(tag >> 3));
   if (!w) {
     return;  // an event already queued for a worker that has gone
@@ -1049,6 +1092,7 @@ void PoolCore::ReplaceLocked(Worker& w, const std::string& reason) {
   w.replaced_for = reason;
   ++missing_;
   respawn_at_ = std::min(respawn_at_, absl::Now());
+  waker_.Wake();  // this may run on a caller's thread (Drive)
   Log().debug("pool {} worker {} is due for recycling ({}) after {} calls; "
               "starting its replacement",
               options_.name, w.pid, reason, w.calls_served);
@@ -1330,7 +1374,7 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   PumpOutput(*w, false);
   PumpOutput(*w, true);
   absl::StatusOr<std::optional<os::ExitInfo>> exit =
-      os::TryReap(w->process->pidfd());
+      w->process->TryReap();
   if (registry_) {
     registry_->RemoveWorker(w->pid);
   }
@@ -1476,10 +1520,13 @@ void PoolCore::RespawnMissing() {
         std::lock_guard<std::mutex> lock(mu_);
         RecordStartFailureLocked(s, &deferred);
         changed_.notify_all();
-        ++missing_;
+        // The rest would fail alike (no interpreter, no zygote): they
+        // wait for the retry, after the backoff.
+        missing_ += count - i;
         ScheduleRespawnLocked();
       }
       RunDeferred(deferred);
+      return;
     }
   }
 }
@@ -1661,9 +1708,16 @@ void PoolCore::StopWorkers(absl::Duration grace) {
     os::AwaitExit(w->process->pidfd(), absl::Seconds(5));
     PumpOutput(*w, false);
     PumpOutput(*w, true);
-    (void)os::TryReap(w->process->pidfd());
+    (void)w->process->TryReap();
     if (registry_) {
       registry_->RemoveWorker(w->pid);
+    }
+  }
+  if (zygote_) {
+    pid_t pid = zygote_->pid();
+    zygote_.reset();  // after its workers: ending it would end them
+    if (registry_) {
+      registry_->RemoveWorker(pid);
     }
   }
 }

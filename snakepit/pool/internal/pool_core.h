@@ -38,6 +38,7 @@
 #include "snakepit/protocol/frame.h"
 #include "snakepit/worker/run_registry.h"
 #include "snakepit/worker/worker.h"
+#include "snakepit/worker/zygote.h"
 
 namespace snakepit::internal {
 
@@ -142,11 +143,16 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // epoll tags: worker serial << 3 | kind.
   enum FdKind : uint64_t {
     kChannel = 0, kControl = 1, kStdout = 2, kStderr = 3, kPidfd = 4,
-    kWaker = 7
+    kZygote = 5, kWaker = 7
   };
 
   // Spawning and the I/O loop.
   absl::Status SpawnWorker();
+  // A new worker process: forked by the zygote (started first if needed)
+  // or spawned. I/O thread only.
+  absl::StatusOr<std::unique_ptr<worker::WorkerProcess>> NewProcess();
+  // The zygote exited: workers are forked from a new one from now on.
+  void OnZygoteExit();
   void Watch(int fd, uint64_t tag, uint32_t events = EPOLLIN);
   void Unwatch(int fd);
   void Loop();
@@ -278,6 +284,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::set<uint32_t> memory_reported_;                   // guarded by mu_
   uint64_t ping_seq_ = 0;                                // guarded by mu_
   uint64_t jitter_state_;  // backoff jitter's generator; guarded by mu_
+
+  // Forks workers when options_.zygote; null until first needed and after
+  // it dies. I/O thread only (and Shutdown once that thread is gone).
+  std::unique_ptr<worker::Zygote> zygote_;
 
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> next_wake_ns_{0};  // when the loop will wake
