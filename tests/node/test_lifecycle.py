@@ -36,6 +36,8 @@ DAEMON = os.path.join(BUILD, "snakepitd")
 FIXTURES = os.path.join(ROOT, "tests", "node", "fixtures")
 LIFECYCLE = os.path.join(FIXTURES, "lifecycle.py")
 IGNORE_SIGTERM = os.path.join(FIXTURES, "ignore_sigterm.py")
+START_FAULTS = os.path.join(ROOT, "tests", "pool", "fixtures",
+                            "start_faults.py")
 PY = "/usr/bin/python3"
 
 # Set on each snakepitd started here, to a value unique to that run.
@@ -119,7 +121,9 @@ class Run:
 
     def __init__(self, module: str, workers: int, *, drain: str = "30s",
                  grace: str = "5s", terminal: bool = False,
-                 run_dir: str = "") -> None:
+                 run_dir: str = "",
+                 env: Optional[Dict[str, str]] = None) -> None:
+        extra_env = env
         self.dir = tempfile.mkdtemp(prefix="snakepit-life-")
         self.trace = os.path.join(self.dir, "trace")
         os.mkdir(self.trace)
@@ -139,6 +143,7 @@ class Run:
         env = dict(os.environ, SNAKEPIT_LIFECYCLE_DIR=self.trace,
                    SNAKEPIT_DRAIN_TIMEOUT=drain,
                    SNAKEPIT_WORKER_GRACE=grace)
+        env.update(extra_env or {})
         env[MARKER] = self.marker
         # A registry of runs of this test's own, so that reaping here
         # concerns only the processes the test started.
@@ -260,7 +265,11 @@ class Run:
             self.client._request(function, args), timeout=timeout)
 
     def metrics(self) -> str:
-        url = f"http://{self.admin}/metrics"
+        return self.admin_get("/metrics")
+
+    def admin_get(self, path: str) -> str:
+        """The body of GET `path` on the admin server, whatever the status."""
+        url = f"http://{self.admin}{path}"
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 return r.read().decode()
@@ -506,7 +515,44 @@ class HostKilledTest(LifecycleTest):
         self.assertIn("is stale: killed 1 process", second.output())
 
 
-# 4. Crashes under load ------------------------------------------------------
+# 4. A pool whose workers stop being able to start -------------------------
+
+class DegradedTest(LifecycleTest):
+    def test_a_pool_that_cannot_restart_workers_says_so_and_fails_fast(self):
+        flag = tempfile.mktemp(prefix="snakepit-broken-")
+        self.addCleanup(lambda: os.path.exists(flag) and os.remove(flag))
+        run = self.start(START_FAULTS, 1, env={"SP_FAIL_WHILE": flag})
+        self.assertEqual(outcome(run.submit("start_faults.echo",
+                                            {"value": 1}))[1], 1)
+
+        # The module breaks on disk (say, a bad deploy); the worker dies.
+        open(flag, "w").close()
+        kind, _ = outcome(run.submit("start_faults.crash", {}))
+        self.assertEqual(kind, "error")
+        self.assertTrue(wait_until(lambda: run.pool().state == "degraded",
+                                   10), str(run.pool()))
+        started = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as caught:
+            run.submit("start_faults.echo", {"value": 2}, timeout=30).result()
+        self.assertLess(time.monotonic() - started, 1.0)
+        error = python_client._error(caught.exception)
+        self.assertEqual(error.reason, "import_error")
+        self.assertIn(f"{flag} exists", str(error))
+        self.assertIn("degraded", str(error))
+        self.assertIn(f"{flag} exists", run.pool().start_failure)
+        self.assertIn("degraded", run.admin_get("/readyz?verbose"))
+        self.assertEqual(metric(run.metrics(), "snakepit_pool_state",
+                                pool="default", state="degraded"), 1)
+
+        # Fixed: the retries (with backoff) bring the pool back.
+        os.remove(flag)
+        self.assertTrue(wait_until(lambda: run.pool().state == "ready",
+                                   40), str(run.pool()))
+        self.assertEqual(outcome(run.submit("start_faults.echo",
+                                            {"value": 3}))[1], 3)
+
+
+# 5. Crashes under load ------------------------------------------------------
 
 class CrashLoadTest(LifecycleTest):
     CALLS = 200
