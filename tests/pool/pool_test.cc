@@ -544,6 +544,20 @@ TEST(PoolLifecycleTest, ALongCallHoldingTheGilIsSlowNotDead) {
   EXPECT_EQ(pool->Stats().restarts, 0u);
 }
 
+// The full-length case: 30 s of pure-Python loop under liveness checks
+// every 2 s, beside an idle worker that keeps being pinged.
+TEST(PoolLifecycleTest, ThirtySecondsHoldingTheGilIsSlowNotDead) {
+  PoolOptions options;
+  options.liveness_interval = absl::Seconds(2);
+  options.liveness_timeout = absl::Seconds(2);
+  auto pool = StartPool(2, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  absl::StatusOr<Value> r = pool->Invoke("faults.spin", {{"seconds", 30}},
+                                         {absl::Seconds(60)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(pool->Stats().restarts, 0u);
+}
+
 TEST(PoolHostileTest, MalformedLogHeaderDoesNotHurtTheHost) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);
