@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "snakepit/api/client.h"
 #include "snakepit/base/status.h"
 #include "snakepit/base/value.h"
@@ -304,14 +305,23 @@ int RunCall(const PoolFlags& pool_flags, const CallFlags& flags) {
       return kExitUsage;
     }
   }
+  // --timeout covers the whole call, the pool's start included.
+  absl::Time deadline = flags.timeout == absl::InfiniteDuration()
+                            ? absl::InfiniteFuture()
+                            : absl::Now() + flags.timeout;
+  PoolFlags local = pool_flags;
+  local.startup_timeout = std::min(local.startup_timeout, flags.timeout);
   absl::StatusOr<std::unique_ptr<Pool>> pool =
-      StartPool(pool_flags, store ? MakePoolBackend(store) : nullptr);
+      StartPool(local, store ? MakePoolBackend(store) : nullptr);
   if (!pool.ok()) {
     PrintError(pool.status());
     return kExitPoolFailed;
   }
   CallOptions options;
-  options.timeout = flags.timeout;
+  options.timeout = deadline == absl::InfiniteFuture()
+                        ? absl::InfiniteDuration()
+                        : std::max(deadline - absl::Now(),
+                                   absl::Milliseconds(1));
   options.session = flags.session;
   Call call = (*pool)->Submit(flags.function, *args, options);
   if (flags.stream) {
@@ -375,6 +385,31 @@ int RunFnList(const PoolFlags& pool_flags, const std::string& format) {
 
 namespace snakepit::cli {
 
+// Why the node's pools cannot all take calls ("pool x degraded: ...",
+// "pool y 1 of 2 workers ready"), or "" when they can.
+std::string PoolsNotReady(Client& client) {
+  absl::StatusOr<Value> info = client.NodeInfo();
+  if (!info.ok()) {
+    return std::string(info.status().message());
+  }
+  std::vector<std::string> reasons;
+  for (const Value& pool : (*info)["pools"]) {
+    std::string name = pool.value("name", "");
+    std::string state = pool.value("state", "");
+    int ready = pool.value("ready", 0);
+    int size = pool.value("size", 0);
+    if (state == "degraded") {
+      std::string why = pool.value("start_failure", "");
+      reasons.push_back(absl::StrCat("pool ", name, " degraded: ",
+                                     why.substr(0, why.find('\n'))));
+    } else if (ready < size) {
+      reasons.push_back(absl::StrCat("pool ", name, " ", ready, " of ", size,
+                                     " workers ready"));
+    }
+  }
+  return absl::StrJoin(reasons, "; ");
+}
+
 int RunHealth(const PoolFlags& target, bool ready) {
   absl::StatusOr<std::unique_ptr<Client>> client = ConnectClient(target);
   if (!client.ok()) {
@@ -386,11 +421,16 @@ int RunHealth(const PoolFlags& target, bool ready) {
     PrintError(serving.status());
     return kExitUnhealthy;
   }
-  if (ready && !*serving) {
-    std::printf("not ready\n");
+  // gRPC health says whether the node takes calls at all (it does until
+  // it drains); ready also needs every pool's workers, as /readyz does.
+  std::string why_not = *serving ? PoolsNotReady(**client) : "draining";
+  if (ready && !why_not.empty()) {
+    std::printf("not ready: %s\n", why_not.c_str());
     return kExitUnhealthy;
   }
-  std::printf("%s\n", *serving ? "ready" : "alive (not ready)");
+  std::printf("%s\n", why_not.empty()
+                          ? "ready"
+                          : ("alive (not ready: " + why_not + ")").c_str());
   return kExitOk;
 }
 

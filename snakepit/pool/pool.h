@@ -72,9 +72,11 @@ struct PoolOptions {
   // a memory limit (0: no limit). Memory is that of the worker's whole
   // process tree (its children too), read from /proc after each call:
   // resident (RSS) and proportional (PSS, shared pages divided among
-  // their users). One worker at a time is recycled; its replacement is
-  // started as it retires. A worker that is over a memory limit from its
-  // start is reported once, not recycled forever.
+  // their users). One worker at a time is recycled: by calls or age, its
+  // replacement starts first and it serves on (last in line) until that
+  // is ready; over a memory limit, it stops taking calls at once. A
+  // worker that is over a memory limit from its start is reported once,
+  // not recycled forever.
   uint64_t max_calls_per_worker = 0;
   absl::Duration max_worker_age = absl::InfiniteDuration();
   uint64_t max_worker_rss_bytes = 0;

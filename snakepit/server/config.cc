@@ -426,7 +426,8 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
       {"name", "modules", "paths", "python", "size", "max_queue",
        "startup_timeout", "cancel_grace", "max_payload_bytes",
        "max_concurrency", "max_calls_per_worker", "max_worker_age",
-       "max_worker_rss_bytes", "max_worker_pss_bytes", "zygote", "env"});
+       "max_worker_rss_bytes", "max_worker_pss_bytes", "zygote",
+       "liveness_interval", "liveness_timeout", "env"});
   r.Read("name", &pool->name);
   r.Check("name", !pool->name.empty(), "is empty");
   r.Read("modules", &pool->modules);
@@ -441,6 +442,12 @@ absl::Status ParsePool(const toml::table& table, const std::string& file,
   r.ReadInt("max_payload_bytes", 1, kMaxU32, &pool->max_payload_bytes);
   r.ReadInt("max_concurrency", 1, 256, &pool->max_concurrency);
   r.Read("zygote", &pool->zygote);
+  r.Read("liveness_interval", &pool->liveness_interval);
+  r.Check("liveness_interval", pool->liveness_interval > absl::ZeroDuration(),
+          "must be positive");
+  r.Read("liveness_timeout", &pool->liveness_timeout);
+  r.Check("liveness_timeout", pool->liveness_timeout > absl::ZeroDuration(),
+          "must be positive");
   r.ReadInt("max_calls_per_worker", 0, std::numeric_limits<int64_t>::max(),
             &pool->max_calls_per_worker);
   r.Read("max_worker_age", &pool->max_worker_age);
@@ -810,6 +817,8 @@ void PrintPool(const PoolConfig& pool, std::string* out) {
   AppendKey(out, "max_payload_bytes", absl::StrCat(pool.max_payload_bytes));
   AppendKey(out, "max_concurrency", absl::StrCat(pool.max_concurrency));
   AppendKey(out, "zygote", pool.zygote ? "true" : "false");
+  AppendKey(out, "liveness_interval", QuoteDuration(pool.liveness_interval));
+  AppendKey(out, "liveness_timeout", QuoteDuration(pool.liveness_timeout));
   AppendKey(out, "max_calls_per_worker",
             absl::StrCat(pool.max_calls_per_worker));
   AppendKey(out, "max_worker_age", QuoteDuration(pool.max_worker_age));

@@ -28,6 +28,8 @@ struct PoolConfig {
   uint32_t max_payload_bytes = 256u << 20;
   int max_concurrency = 1;
   bool zygote = false;  // fork workers from a zygote
+  absl::Duration liveness_interval = absl::Seconds(5);
+  absl::Duration liveness_timeout = absl::Seconds(5);
   // Recycling; 0: no limit.
   uint64_t max_calls_per_worker = 0;
   absl::Duration max_worker_age = absl::ZeroDuration();

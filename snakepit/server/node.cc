@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -106,6 +107,8 @@ PoolOptions ToPoolOptions(const PoolConfig& pool) {
   options.cancel_grace = pool.cancel_grace;
   options.max_concurrency = pool.max_concurrency;
   options.zygote = pool.zygote;
+  options.liveness_interval = pool.liveness_interval;
+  options.liveness_timeout = pool.liveness_timeout;
   options.max_calls_per_worker = pool.max_calls_per_worker;
   options.max_worker_age = pool.max_worker_age > absl::ZeroDuration()
                                ? pool.max_worker_age
@@ -304,6 +307,27 @@ absl::Status Node::WriteReadyFile() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// One line for a start failure: its first line, and the last line of the
+// stderr tail it may carry (where a crash usually says why). The whole
+// text is in the log.
+std::string FailureSummary(const absl::Status& failure) {
+  std::string why(failure.message());
+  constexpr std::string_view kTail = "; stderr:\n";
+  size_t tail = why.find(kTail);
+  std::string head = why.substr(0, std::min(tail, why.find('\n')));
+  if (tail == std::string::npos) {
+    return head;
+  }
+  std::vector<std::string> lines =
+      absl::StrSplit(why.substr(tail + kTail.size()), '\n',
+                     absl::SkipWhitespace());
+  return lines.empty() ? head : absl::StrCat(head, "; stderr: ", lines.back());
+}
+
+}  // namespace
+
 std::vector<admin::Check> Node::Readiness() const {
   std::vector<admin::Check> checks;
   bool draining = state_.draining.load();
@@ -311,14 +335,14 @@ std::vector<admin::Check> Node::Readiness() const {
                     draining ? "the node is shutting down" : ""});
   for (const api::ServedPool& served : state_.pools) {
     PoolStats stats = served.pool->Stats();
-    // A recycled worker's replacement may make one more for a moment.
-    bool warm = stats.ready >= stats.size && stats.starting == 0;
+    // A recycled worker's replacement may make one more for a moment,
+    // and starts while the worker it replaces still serves.
+    bool warm = stats.ready >= stats.size;
     std::string detail =
         absl::StrCat(stats.ready, " of ", stats.size, " workers ready");
     if (stats.state == PoolState::kDegraded) {
-      // The first line of the failure: the whole traceback is in the log.
-      std::string why(stats.start_failure.message());
-      absl::StrAppend(&detail, "; degraded: ", why.substr(0, why.find('\n')));
+      absl::StrAppend(&detail, "; degraded: ",
+                      FailureSummary(stats.start_failure));
     }
     checks.push_back(
         {absl::StrCat("pool ", served.name, " warm"), warm, detail});

@@ -507,8 +507,10 @@ absl::StatusOr<int> RunRegistry::ReapStale(const std::string& dir) {
       Log().warn("run {} of host {} is stale: killed {} process(es) it left",
                  r.run_id, r.host_pid, run->reaped);
     } else {
-      Log().info("run {} of host {} is stale; no process left", r.run_id,
-                 r.host_pid);
+      // A host that ended without removing its file (killed, or a CLI
+      // stopped by Ctrl-C) left nothing to reap: not worth a line.
+      Log().debug("run {} of host {} is stale; no process left", r.run_id,
+                  r.host_pid);
     }
   }
   return total;

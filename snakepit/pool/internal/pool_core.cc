@@ -398,10 +398,14 @@ std::shared_ptr<PoolCore::Worker> PoolCore::TakeIdleLocked(
     return nullptr;
   }
   // The least loaded worker; among equals the one freed last, whose
-  // memory is warmest.
+  // memory is warmest. A worker due for recycling comes last: it serves
+  // only while the others are busy.
+  auto load = [](const Worker& w) {
+    return w.running.size() + (w.replaced_for.empty() ? 0 : 1000);
+  };
   auto best = idle_.end() - 1;
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-    if ((*it)->running.size() < (*best)->running.size()) {
+    if (load(**it) < load(**best)) {
       best = it;
     }
   }
@@ -646,6 +650,10 @@ int PoolCore::NextTimeoutMs() {
       next = std::min({next, w->kill_at, w->ready_deadline});
       if (w->state == WorkerState::kIdle) {
         next = std::min({next, w->next_ping, w->pong_due});
+        if (w->replaced_for.empty() &&
+            options_.max_worker_age != absl::InfiniteDuration()) {
+          next = std::min(next, w->started + options_.max_worker_age);
+        }
       }
     }
     if (missing_ > 0) {
@@ -986,6 +994,11 @@ void PoolCore::HandleReady(const std::shared_ptr<Worker>& w,
     }
     w->ready_deadline = absl::InfiniteFuture();
     RetireReplacedLocked();
+    if (!last_start_failure_.ok()) {
+      Log().info("pool {} is ready again: worker {} started after {} "
+                 "failed attempts",
+                 options_.name, w->pid, start_failures_in_row_);
+    }
     start_failures_in_row_ = 0;
     last_start_failure_ = absl::OkStatus();
     w->over_memory_at_ready = !MemoryOverLimit(w->pid).empty();
@@ -1029,6 +1042,14 @@ void PoolCore::HandleFinal(const std::shared_ptr<Worker>& w,
     w->next_ping = absl::Now() + options_.liveness_interval;
     w->pong_due = absl::InfiniteFuture();
     changed_.notify_all();
+  }
+  // On a driving thread, the I/O thread may be asleep with no timer for
+  // this worker's next ping (it was busy): wake it if it would be late
+  // by more than an interval, which happens about once per interval.
+  if (!OnIoThread() &&
+      next_wake_ns_.load() >
+          absl::ToUnixNanos(absl::Now() + 2 * options_.liveness_interval)) {
+    waker_.Wake();
   }
   FlushSessionEnds(w);
   SendCalls(w, to_send);
@@ -1093,9 +1114,9 @@ void PoolCore::ReplaceLocked(Worker& w, const std::string& reason) {
   ++missing_;
   respawn_at_ = std::min(respawn_at_, absl::Now());
   waker_.Wake();  // this may run on a caller's thread (Drive)
-  Log().debug("pool {} worker {} is due for recycling ({}) after {} calls; "
-              "starting its replacement",
-              options_.name, w.pid, reason, w.calls_served);
+  Log().info("pool {} worker {} is due for recycling ({}) after {} calls; "
+             "starting its replacement",
+             options_.name, w.pid, reason, w.calls_served);
 }
 
 void PoolCore::RetireReplacedLocked() {
@@ -1114,8 +1135,8 @@ void PoolCore::RetireLocked(Worker& w, const std::string& reason) {
   w.state = WorkerState::kStopping;
   w.goodbye_due = true;
   SayGoodbyeIfDoneLocked(w);
-  Log().debug("pool {} worker {} recycled ({}) after {} calls",
-              options_.name, w.pid, reason, w.calls_served);
+  Log().info("pool {} worker {} retires ({}) after {} calls",
+             options_.name, w.pid, reason, w.calls_served);
 }
 
 void PoolCore::SayGoodbyeIfDoneLocked(Worker& w) {
@@ -1390,11 +1411,17 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
   std::lock_guard<std::mutex> lock(mu_);
   WorkerState was = w->state;
   w->state = WorkerState::kExited;
+  // When the pool itself ended the worker, say why: a call that shared
+  // it with a hung one should not look like the victim of a crash.
+  std::string cause =
+      w->exit_reason.empty()
+          ? std::string()
+          : absl::StrCat(" (the pool ended it: ", w->exit_reason, ")");
   for (auto& [id, call] : w->running) {
     if (call) {
       call->Finish(ReasonError(reason::kWorkerCrashed,
                                absl::StrCat("worker ", w->pid, " ", how,
-                                            " during the call")),
+                                            " during the call", cause)),
                    "", deferred);
     }
   }
@@ -1757,6 +1784,7 @@ PoolStats PoolCore::Stats() const {
         break;
     }
   }
+  stats.starting += missing_;  // about to be spawned
   stats.queued = queue_.size();
   stats.restarts = restarts_;
   stats.restarts_by_reason = restarts_by_reason_;
