@@ -6,10 +6,10 @@
 //   {"section": "latency", "name": "...", <parameters>, <figures>}
 //
 // Parameters say which point of a sweep the line is (workers, in_flight,
-// payload_bytes); figures are what was measured (calls, p50_us, p99_us,
-// calls_per_s, mb_per_s, ready_ms, memory in kB). bench/report.py keys
-// lines by section, name and parameters, so the Python benchmarks follow
-// the same convention.
+// payload_bytes, sessions); figures are what was measured (calls, p50_us,
+// p99_us, calls_per_s, mb_per_s, ready_ms, memory in kB). bench/report.py
+// keys lines by section, name and parameters, so the Python benchmarks
+// follow the same convention.
 
 #ifndef SNAKEPIT_BENCH_BENCH_UTIL_H_
 #define SNAKEPIT_BENCH_BENCH_UTIL_H_

@@ -8,8 +8,9 @@ from typing import Callable, Dict, List, Optional
 
 import summary as results
 from summary import (FLOORS, GRPC_CPP, GRPC_PY, MEMORY_GET, MP_APPLY, NODE,
-                     POOL, POOL_START, POOL_VALUE, SESSION_IN, SESSION_NONE,
-                     SESSION_PLAIN, UNIX, ZYGOTE_START)
+                     POOL, POOL_START, POOL_VALUE, SCALING_CALL, SCALING_GET,
+                     SCALING_RSS, SCALING_STORES, SCALING_UPDATE, SESSION_IN,
+                     SESSION_NONE, SESSION_PLAIN, UNIX, ZYGOTE_START)
 
 PLACEMENTS = ("same", "default")
 PLACEMENT_TEXT = {
@@ -307,6 +308,71 @@ def sessions(summary: dict, found_targets: List[dict]) -> List[str]:
     return lines
 
 
+def session_scaling_row(by: dict, label: str, sessions: int,
+                        with_call: bool) -> List[str]:
+    """One count of sessions of one store: its costs, then its memory.
+    Bytes per session only past 1 MB of growth: below that, the figure
+    is the heap's and the page size's slack, not the sessions'."""
+    def get(suffix: str, field: str) -> Optional[float]:
+        return by.get((label + suffix, sessions), {}).get(field)
+
+    row = [f"{sessions:,}", num(get(SCALING_GET, "p50_us")),
+           num(get(SCALING_GET, "p99_us")),
+           num(get(SCALING_UPDATE, "p50_us"))]
+    if with_call:
+        call = by.get((SCALING_CALL, sessions), {})
+        row.append(num(call.get("p50_us")))
+    host, grown = get(SCALING_RSS, "host_rss_kb"), get(SCALING_RSS,
+                                                       "rss_delta_kb")
+    per = get(SCALING_RSS, "bytes_per_session")
+    row += [num(host / 1024) if host is not None else "–",
+            num(grown / 1024) if grown is not None else "–",
+            num(per) if grown is not None and grown >= 1024 else "–"]
+    return row
+
+
+def session_scaling(summary: dict, plots: Dict[str, str]) -> List[str]:
+    found = cells(summary, "default", "session_scaling")
+    counts = sorted({c["sessions"] for c in found}) or [1, 100_000]
+    lines = ["## 7. Scaling with sessions", ""] + para(
+        f"Each store grown from {counts[0]:,} to {counts[-1]:,} sessions",
+        "in one host process, each session holding three variables (a",
+        "32-byte string, 32 bytes of binary and a counter), made as a",
+        "caller makes them: `Create`, then one write. At each count:",
+        "`Get`, and `Update` adding one to the counter, each call on a",
+        "session drawn at random (so that, once the sessions outgrow the",
+        "CPU caches, calls pay for the misses); for the memory store, a",
+        "call through a Pool of one worker, in one of the sessions, to",
+        "`bench_session.get`, which reads a variable with",
+        "`ctx.session.get` (one round trip to the host's store); and the",
+        "host's RSS (`/proc/<pid>/smaps_rollup`), also as growth over the",
+        "same process with the store open (and the pool running) but no",
+        "session yet.") + para(
+        "The sqlite store runs with synchronous=NORMAL here: an fsync per",
+        "commit (section 6) would hide how its own work grows. Its rows",
+        "live on disk; the host holds only sqlite's page cache and the",
+        "refreshes not yet written. Each store runs in its own process,",
+        "once per `bench/run`, in the default placement: one measurement",
+        "per cell, not a median of rounds, so noisier than the sections",
+        "above. Bytes per session are shown once growth passes 1 MB.")
+    if not found:
+        return lines + ["not measured in this run", ""]
+    by = {(c["name"], c["sessions"]): c for c in found}
+    for store, label in SCALING_STORES.items():
+        with_call = store == "memory"
+        rows = [session_scaling_row(by, label, n, with_call)
+                for n in counts if (label + SCALING_RSS, n) in by]
+        if not rows:
+            continue
+        header = (["sessions", "Get p50 µs", "Get p99 µs", "Update p50 µs"]
+                  + (["call in a session p50 µs"] if with_call else [])
+                  + ["host RSS MB", "RSS growth MB", "bytes/session"])
+        lines += [f"**{label}**", ""] + table(header, rows)
+    if "sessions" in plots:
+        lines += [f"![{plots['sessions'][1]}]({plots['sessions'][0]})", ""]
+    return lines
+
+
 # Targets: each judged on the same-CPU figure, the one that carries over
 # to other machines (DESIGN.md D12); the default placement is shown too.
 
@@ -553,17 +619,19 @@ PEERS = ["## The peers", ""] + bullets([
     "directly; its Pool cells call `bench_session.echo` "
     "(`bench/bench_session.py`) with `SubmitRaw(...).GetRaw()`, the "
     "session given in `CallOptions.session`, the pool's backend "
-    "`MakePoolBackend` over a memory store.",
+    "`MakePoolBackend` over a memory store. `session_bench scaling` "
+    "grows each store through the counts of sessions of section 7.",
 ])
 
 
 def markdown(meta: dict, summary: dict, found_targets: List[dict],
              plots: list) -> str:
-    by_topic = {"scaling": plots[0], "payload": plots[1]} if plots else {}
+    by_topic = dict(zip(("scaling", "payload", "sessions"), plots))
     lines = header(meta) + target_lines(found_targets)
     lines += latency(summary) + throughput(summary)
     lines += payload(summary, by_topic) + startup(summary)
     lines += scaling(summary, by_topic)
     lines += sessions(summary, found_targets)
+    lines += session_scaling(summary, by_topic)
     lines += PEERS
     return "\n".join(lines)

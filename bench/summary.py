@@ -2,10 +2,10 @@
 which writes the report, and compare, which sets two runs side by side.
 
 A result line (bench/bench_util.h) is keyed by its section, its name and
-its parameters (workers, in_flight, payload_bytes). Each key's figures
-are the median over rounds. "× floor" is the ratio of a line's cost to
-the floor's cost measured in the same round and placement, then the
-median of those ratios: the machine is shared and noisy, so only figures
+its parameters (workers, in_flight, payload_bytes, sessions). Each key's
+figures are the median over rounds. "× floor" is the ratio of a line's
+cost to the floor's cost measured in the same round and placement, then
+the median of those ratios: the machine is shared and noisy, so only figures
 taken close together compare fairly.
 """
 
@@ -32,8 +32,16 @@ SESSION_NONE = "Pool call, echo taking a Context, no session"
 SESSION_IN = "Pool call, echo taking a Context, in a session (memory store)"
 # Appended to a gRPC row's name for the same call over a unix socket.
 UNIX = ", unix socket"
+# The session scaling rows (session_bench scaling), one per store and
+# count of sessions held: the store's label, then what was measured.
+SCALING_STORES = {"memory": "session store memory",
+                  "sqlite": "session store sqlite (synchronous=NORMAL)"}
+SCALING_GET = ", Get of a random session"
+SCALING_UPDATE = ", Update of a counter in a random session"
+SCALING_RSS = ", host RSS"
+SCALING_CALL = "Pool call in a session, reading ctx.session (memory store)"
 
-PARAMS = ("workers", "in_flight", "payload_bytes")
+PARAMS = ("workers", "in_flight", "payload_bytes", "sessions")
 FLOORS = {
     "latency": "raw socketpair echo (floor)",
     "payload": "raw socketpair echo (floor)",
