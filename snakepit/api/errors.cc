@@ -59,6 +59,9 @@ std::string ErrorDetailBytes(const absl::Status& status) {
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) {
+    return grpc::Status::OK;
+  }
   std::string message(status.message());
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       Bounded(message, kMessageBudget, false));

@@ -1,9 +1,15 @@
 // The snakepit.v1.Snakepit gRPC service: turns RPCs into pool calls.
 //
-// Callback API throughout: no thread waits on a Python call. A unary RPC
-// submits its call and finishes from the call's completion callback; a
-// stream writes each chunk as the worker yields it. Cancelling the RPC (or
-// its deadline passing) cancels the call.
+// Call, the unary RPC most clients make, is served on gRPC's async API by
+// a few threads the service owns (StartCallThreads). The thread that takes
+// an RPC submits its call and, when the function has been quick and
+// another of these threads is free to take the next RPC, reads the
+// worker's reply itself for up to kDriveBudget (Call::WaitFor) and answers
+// at once: no thread handoff on the way back. Otherwise the RPC finishes
+// from the call's completion callback, so no thread waits on a long
+// Python call. The other methods use the callback API; a stream writes
+// each chunk as the worker yields it. Cancelling an RPC (or its deadline
+// passing) cancels the call.
 
 #ifndef SNAKEPIT_API_SERVICE_H_
 #define SNAKEPIT_API_SERVICE_H_
@@ -20,6 +26,10 @@
 #include "snakepit/pool/pool.h"
 #include "snakepit/session/store.h"
 #include "snakepit/v1/snakepit.grpc.pb.h"
+
+namespace grpc {
+class ServerBuilder;
+}  // namespace grpc
 
 namespace snakepit::api {
 
@@ -52,13 +62,46 @@ struct NodeState {
   std::atomic<int64_t> rpcs_in_flight{0};
 };
 
-class Service final : public v1::Snakepit::CallbackService {
- public:
-  explicit Service(NodeState* node) : node_(node) {}
+// How long a thread serving Call reads a worker's reply itself before it
+// leaves the call to its completion callback. Not 1 ms: with a 1 ms poll
+// timeout a small call through the node took 98-150 us, with 2 to 20 ms
+// 82-96 us (Linux 6.18; docs/architecture.md).
+inline constexpr absl::Duration kDriveBudget = absl::Milliseconds(5);
 
-  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context,
-                                 const v1::CallRequest* request,
-                                 v1::CallResponse* response) override;
+// Call on the async API, every other method on the callback API.
+// clang-format off
+using ServiceBase = v1::Snakepit::WithAsyncMethod_Call<
+    v1::Snakepit::WithCallbackMethod_CallStream<
+    v1::Snakepit::WithCallbackMethod_ListFunctions<
+    v1::Snakepit::WithCallbackMethod_GetNodeInfo<
+    v1::Snakepit::WithCallbackMethod_CreateSession<
+    v1::Snakepit::WithCallbackMethod_GetSession<
+    v1::Snakepit::WithCallbackMethod_ListSessions<
+    v1::Snakepit::WithCallbackMethod_DeleteSession<
+    v1::Snakepit::WithCallbackMethod_ExportSessions<
+    v1::Snakepit::WithCallbackMethod_ImportSessions<
+    v1::Snakepit::Service>>>>>>>>>>;
+// clang-format on
+
+// The threads serving Call and what they share (service.cc).
+struct CallThreads;
+
+// Registered with one server. Serving Call takes three steps around the
+// server's life: AddCallQueue before it is built, StartCallThreads once it
+// is, StopCallThreads after its Shutdown. StopCallThreads cancels the
+// calls still running (shut the pools down first to let them finish),
+// waits up to 30 s for their RPCs to end, and returns how many did not
+// (an answer after that would use a queue already shut down); it is
+// idempotent, and the destructor runs it.
+class Service final : public ServiceBase {
+ public:
+  explicit Service(NodeState* node);
+  ~Service() override;
+
+  void AddCallQueue(grpc::ServerBuilder& builder);
+  void StartCallThreads();
+  size_t StopCallThreads();
+
   grpc::ServerWriteReactor<v1::CallChunk>* CallStream(
       grpc::CallbackServerContext* context,
       const v1::CallRequest* request) override;
@@ -95,6 +138,7 @@ class Service final : public v1::Snakepit::CallbackService {
 
  private:
   NodeState* const node_;
+  std::unique_ptr<CallThreads> call_threads_;
 };
 
 // Checks the bearer token, the draining flag and the route, and turns the
@@ -105,14 +149,14 @@ struct PreparedCall {
   std::string accept;  // content type of the result
   CallOptions options;  // timeout, session, affinity
 };
-absl::StatusOr<PreparedCall> PrepareCall(NodeState& node,
-                                         const grpc::CallbackServerContext&
-                                             context,
-                                         const v1::CallRequest& request);
+absl::StatusOr<PreparedCall> PrepareCall(
+    NodeState& node, const grpc::ServerContextBase& context,
+    const v1::CallRequest& request);
 
-// Converts a msgpack result to the payload the caller asked for.
-absl::Status FillPayload(const std::string& msgpack,
-                         const std::string& content_type, v1::Payload* out);
+// Converts a msgpack result to the payload the caller asked for; msgpack
+// is moved into the payload, not copied.
+absl::Status FillPayload(std::string msgpack, const std::string& content_type,
+                         v1::Payload* out);
 
 }  // namespace snakepit::api
 

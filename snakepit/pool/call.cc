@@ -1,5 +1,6 @@
 #include "snakepit/pool/call.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "snakepit/base/status.h"
@@ -178,9 +179,12 @@ absl::StatusOr<Value> Call::Get() && {
 }
 
 bool Call::WaitFor(absl::Duration timeout) const {
-  Drive(state_, absl::Now() + timeout);
+  const absl::Time until = absl::Now() + timeout;
+  Drive(state_, until);
   std::unique_lock<std::mutex> lock(state_->mu);
-  return state_->cv.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+  // What Drive used of the timeout is not waited again.
+  absl::Duration left = std::max(until - absl::Now(), absl::ZeroDuration());
+  return state_->cv.wait_for(lock, absl::ToChronoNanoseconds(left),
                              [&] { return state_->done; });
 }
 

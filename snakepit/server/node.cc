@@ -250,6 +250,7 @@ absl::Status Node::StartGrpc() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.RegisterService(service_.get());
+  service_->AddCallQueue(builder);
   server_ = builder.BuildAndStart();
   if (!server_) {
     return MakeError(absl::StatusCode::kUnavailable, "cannot_listen",
@@ -264,6 +265,7 @@ absl::Status Node::StartGrpc() {
     grpc_addresses_.push_back(WithPort(config_.listen[i], ports[i]));
   }
   state_.listen = grpc_addresses_;
+  service_->StartCallThreads();
   server_->GetHealthCheckService()->SetServingStatus(true);
   return absl::OkStatus();
 }
@@ -410,6 +412,10 @@ void Node::Drain() {
     }
     if (server_) {
       server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      if (size_t stuck = service_->StopCallThreads(); stuck > 0) {
+        Log().error("node {}: {} Call RPCs still open 30 s after their "
+                    "calls were cancelled", getpid(), stuck);
+      }
     }
     if (admin_) {
       admin_->Stop();

@@ -450,6 +450,110 @@ class QueueTest(unittest.TestCase):
             self.assertEqual(node.stop(), 0)
 
 
+class LongCallTest(unittest.TestCase):
+    """Threads that answer Call read a quick call's reply themselves, for
+    a bounded time: long calls, cancels and deadlines work around that."""
+
+    WIDE = 16  # workers of the pool the long calls go to
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        config = os.path.join(tempfile.mkdtemp(), "node.toml")
+        with open(config, "w") as f:
+            for name, size in (("wide", cls.WIDE), ("quick", 1)):
+                f.write(f'[[pool]]\nname = "{name}"\n'
+                        f'modules = ["{FAULTS}"]\npython = "{PY}"\n'
+                        f'size = {size}\n')
+        cls.node = Node(config=config)
+        cls.client = python_client.Client(cls.node.addr)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+        code = cls.node.stop()
+        if code != 0:
+            raise AssertionError(f"node exited {code}:\n{cls.node.logs()}")
+
+    def request(self, function: str, args: dict, pool: str = ""):
+        request = self.client._request(function, args)
+        request.pool = pool
+        return request
+
+    def call_quick_pool(self, function: str, args: dict,
+                        timeout: float = 30):
+        response = self.client._call(self.request(function, args, "quick"),
+                                     timeout=timeout)
+        return json.loads(response.result.data)
+
+    def wait_until_quick_pool_idle(self) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = cli("node", "info", "--addr", self.node.addr, "-o", "json")
+            pools = {p["name"]: p for p in json.loads(r.stdout)["pools"]}
+            if pools["quick"]["ready"] == 1 and pools["quick"]["busy"] == 0:
+                return
+            time.sleep(0.05)
+        self.fail("the quick pool's worker did not come back")
+
+    def test_64_one_second_calls_take_64_over_workers_seconds(self) -> None:
+        # A quick call first: the node then reads the next long calls'
+        # replies itself until it learns they are long, and must give up
+        # on each within its bound rather than hold a thread for 1 s.
+        self.assertEqual(self.client.call("faults.sleep", {"seconds": 0}),
+                         0)
+        start = time.monotonic()
+        long_calls = [self.client._call.future(
+            self.request("faults.sleep", {"seconds": 1}), timeout=60)
+            for _ in range(64)]
+        # Small calls to the other pool are answered meanwhile.
+        slowest = 0.0
+        small = 0
+        while (not all(f.done() for f in long_calls)
+               and time.monotonic() - start < 30):
+            t0 = time.monotonic()
+            self.assertEqual(self.call_quick_pool("faults.add", {"a": small}),
+                             small)
+            slowest = max(slowest, time.monotonic() - t0)
+            small += 1
+            time.sleep(0.02)
+        for f in long_calls:
+            self.assertEqual(json.loads(f.result().result.data), 1)
+        took = time.monotonic() - start
+        expected = 64 / self.WIDE
+        self.assertGreaterEqual(took, expected * 0.95)
+        self.assertLess(took, expected * 1.5 + 1, "calls were serialized")
+        self.assertGreater(small, 10)
+        self.assertLess(slowest, 1.0, "small calls waited for long ones")
+
+    def test_cancelling_a_call_the_node_was_reading(self) -> None:
+        self.assertEqual(self.call_quick_pool("faults.sleep",
+                                              {"seconds": 0}), 0)
+        before = self.call_quick_pool("faults.pid", {})
+        future = self.client._call.future(self.request(
+            "faults.sleep", {"seconds": 30}, "quick"), timeout=60)
+        time.sleep(0.3)
+        self.assertTrue(future.cancel())
+        with self.assertRaises(grpc.FutureCancelledError):
+            future.result()
+        # The worker was told to stop and, as time.sleep ignores that,
+        # replaced after the cancel grace: long before the 30 s are up.
+        self.wait_until_quick_pool_idle()
+        self.assertNotEqual(self.call_quick_pool("faults.pid", {}), before)
+
+    def test_deadline_within_the_drive_bound(self) -> None:
+        self.assertEqual(self.call_quick_pool("faults.sleep",
+                                              {"seconds": 0}), 0)
+        start = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.call_quick_pool("faults.sleep", {"seconds": 3},
+                                 timeout=0.003)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertLess(time.monotonic() - start, 1.0)
+        self.wait_until_quick_pool_idle()
+        self.assertEqual(self.call_quick_pool("faults.add", {"a": 7}), 7)
+
+
 class ShutdownTest(unittest.TestCase):
     def test_sigterm_drains_calls_then_exits_zero(self) -> None:
         node = Node(workers=4)
