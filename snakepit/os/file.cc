@@ -158,4 +158,16 @@ void ReadRandom(void* buf, size_t size) {
   }
 }
 
+std::string RandomHexId() {
+  uint8_t raw[16];
+  ReadRandom(raw, sizeof(raw));
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id(2 * sizeof(raw), '0');
+  for (size_t i = 0; i < sizeof(raw); ++i) {
+    id[2 * i] = kHex[raw[i] >> 4];
+    id[2 * i + 1] = kHex[raw[i] & 0xf];
+  }
+  return id;
+}
+
 }  // namespace snakepit::os

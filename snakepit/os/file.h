@@ -57,6 +57,9 @@ absl::StatusOr<bool> IsLinked(int fd);
 // be worse than stopping.
 void ReadRandom(void* buf, size_t size);
 
+// 128 random bits as 32 lowercase hex digits: ids no one can guess.
+std::string RandomHexId();
+
 }  // namespace snakepit::os
 
 #endif  // SNAKEPIT_OS_FILE_H_

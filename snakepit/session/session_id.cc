@@ -1,16 +1,12 @@
 #include "snakepit/session/session_id.h"
 
-#include <sys/random.h>
-
 #include <array>
-#include <cerrno>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 
 #include "snakepit/base/status.h"
+#include "snakepit/os/file.h"
 #include "snakepit/session/errors.h"
 
 namespace snakepit {
@@ -50,29 +46,7 @@ std::string IdProblem(std::string_view id) {
 
 }  // namespace
 
-std::string NewSessionId() {
-  // TODO(#4): move the getrandom call behind os/, with the other
-  // syscalls.
-  uint8_t raw[16];
-  // getrandom never returns short for 16 bytes once the pool is ready and
-  // blocks until then. Anything else means the kernel cannot give us
-  // randomness, and a guessable id would be worse than stopping.
-  ssize_t n = -1;
-  for (int attempt = 0; attempt < 8 && n != sizeof(raw); ++attempt) {
-    n = getrandom(raw, sizeof(raw), 0);
-  }
-  if (n != sizeof(raw)) {
-    std::fprintf(stderr, "snakepit: getrandom failed: errno %d\n", errno);
-    std::abort();
-  }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id(2 * sizeof(raw), '0');
-  for (size_t i = 0; i < sizeof(raw); ++i) {
-    id[2 * i] = kHex[raw[i] >> 4];
-    id[2 * i + 1] = kHex[raw[i] & 0xf];
-  }
-  return id;
-}
+std::string NewSessionId() { return os::RandomHexId(); }
 
 absl::Status ValidateSessionId(std::string_view id) {
   std::string problem = IdProblem(id);

@@ -66,17 +66,7 @@ bool IsBootId(std::string_view s) {
   return true;
 }
 
-std::string NewRunId() {
-  uint8_t raw[16];
-  os::ReadRandom(raw, sizeof(raw));
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id(2 * sizeof(raw), '0');
-  for (size_t i = 0; i < sizeof(raw); ++i) {
-    id[2 * i] = kHex[raw[i] >> 4];
-    id[2 * i + 1] = kHex[raw[i] & 0xf];
-  }
-  return id;
-}
+std::string NewRunId() { return os::RandomHexId(); }
 
 // What a run file says; see the format in run_registry.h.
 struct RunRecord {
