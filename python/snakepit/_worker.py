@@ -541,6 +541,9 @@ class Worker:
 
     def _run_function(self, fn: Callable[..., Any], state: CallState,
                       args: List[Any], kwargs: Dict[str, Any]) -> None:
+        if state.cancelled:  # its CANCEL came before its CALL
+            self._send_cancelled(state.id)
+            return
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:

@@ -655,6 +655,14 @@ class CancelTest(WorkerTestCase):
         frame = self.worker.finish(36)
         self.assertEqual(frame.header["reason"], "cancelled")
 
+    def test_cancel_that_overtakes_a_plain_call_stops_it_before_it_runs(
+            self) -> None:
+        send_frame(self.worker.ctl, CANCEL, 37)
+        self.worker.ping(3)  # The control thread has seen the CANCEL.
+        self.worker.call(f"{MOD}.add", [1, 2], fid=37)
+        frame = self.worker.finish(37)
+        self.assertEqual(frame.header["reason"], "cancelled")
+
 
 # Limits ---------------------------------------------------------------------
 

@@ -53,11 +53,23 @@ absl::StatusOr<UniqueFd> CreateNewFile(const std::string& path) {
 }
 
 absl::StatusOr<UniqueFd> OpenReadOnly(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking and no links: a FIFO or a link planted in a shared
+  // folder must neither hang the opener nor lead it elsewhere.
+  int fd = ::open(path.c_str(),
+                  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   if (fd < 0) {
     return ErrnoToStatus(errno, absl::StrCat("open ", path));
   }
-  return UniqueFd(fd);
+  UniqueFd owned(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a regular file"));
+  }
+  return owned;
 }
 
 absl::StatusOr<std::string> ReadAll(int fd, size_t max_bytes) {

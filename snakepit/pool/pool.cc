@@ -171,10 +171,11 @@ PoolStats Pool::Stats() const { return core_->Stats(); }
 void Pool::EndSession(const std::string& id) { core_->EndSession(id); }
 
 void Pool::Shutdown(absl::Duration drain, absl::Duration grace) {
-  if (core_->OnIoThread()) {
-    // Called from a completion callback, on the thread that Shutdown
-    // must join: hand the work to a thread of its own, which keeps the
-    // machinery alive until it is done.
+  if (core_->OnIoThread() || core_->DrivingOnThisThread()) {
+    // Called from a completion or chunk callback, on a thread that
+    // Shutdown must wait for (the I/O thread, or a caller reading its
+    // worker's channel): hand the work to a thread of its own, which
+    // keeps the machinery alive until it is done.
     std::thread([core = core_, drain, grace] {
       core->Shutdown(drain, grace);
     }).detach();

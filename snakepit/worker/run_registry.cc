@@ -324,6 +324,18 @@ std::unique_ptr<StaleRun> ReadClaimed(const std::string& path,
     fs::remove(path, ec);
     return nullptr;
   }
+  // A free lock is the proof that the host is gone; the record is a
+  // second opinion. A copy of a live host's file (its lock not held
+  // here) must not make its workers fair game.
+  absl::StatusOr<os::ProcStat> host = os::ReadProcStat(record->host_pid);
+  absl::StatusOr<std::string> boot = os::ReadBootId();
+  if (host.ok() && host->state != 'Z' &&
+      host->start_time == record->host_start_time && boot.ok() &&
+      *boot == record->boot_id) {
+    Log().warn("run file {} names host {}, which still runs; left alone",
+               path, record->host_pid);
+    return nullptr;
+  }
   return std::make_unique<StaleRun>(
       StaleRun{path, std::move(lock), std::move(*record)});
 }

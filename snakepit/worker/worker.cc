@@ -248,7 +248,7 @@ absl::Status WorkerProcess::SendControl(protocol::FrameType type,
   char prefix[protocol::kPrefixSize];
   protocol::EncodePrefix({type, 0, 0, id}, prefix);
   struct iovec iov[1] = {{prefix, sizeof(prefix)}};
-  std::lock_guard<std::mutex> lock(send_mu_);
+  std::lock_guard<std::mutex> lock(control_mu_);
   if (!control_.valid()) {
     return absl::UnavailableError("worker control socket is closed");
   }
@@ -257,8 +257,11 @@ absl::Status WorkerProcess::SendControl(protocol::FrameType type,
 }
 
 void WorkerProcess::CloseSockets() {
-  std::lock_guard<std::mutex> lock(send_mu_);
-  channel_.Reset();
+  {
+    std::lock_guard<std::mutex> lock(send_mu_);
+    channel_.Reset();
+  }
+  std::lock_guard<std::mutex> lock(control_mu_);
   control_.Reset();
 }
 

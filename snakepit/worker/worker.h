@@ -139,10 +139,14 @@ class WorkerProcess {
   os::UniqueFd stdout_;
   os::UniqueFd stderr_;
 
-  // Guarded by send_mu_ (writers); readers use the fds without it.
+  // Writers hold the socket's own lock; readers use the fds without it.
+  // Two locks, so that a cancel or a ping on the control socket never
+  // waits behind a large call being written to a worker that is not
+  // reading.
   std::mutex send_mu_;
-  os::UniqueFd channel_;
-  os::UniqueFd control_;
+  os::UniqueFd channel_;  // guarded by send_mu_
+  std::mutex control_mu_;
+  os::UniqueFd control_;  // guarded by control_mu_
 
   // Guarded by reap_mu_.
   std::mutex reap_mu_;

@@ -483,10 +483,12 @@ Zygote::~Zygote() {
   if (!os::AwaitExit(pidfd_.get(), kExitGrace)) {
     Log().warn("pool {} zygote {} did not exit within {} s; killing it",
                pool_, pid_, absl::ToInt64Seconds(kExitGrace));
-    // Its own group: any child not yet in a group of its own goes too.
-    os::SignalGroup(pid_, SIGKILL);
-    os::AwaitExit(pidfd_.get(), absl::Seconds(5));
   }
+  // Its own group, exited or not (the zombie holds the group id until
+  // reaped): processes the modules started at import live there, and
+  // would outlive the pool. Workers have groups of their own.
+  os::SignalGroup(pid_, SIGKILL);
+  os::AwaitExit(pidfd_.get(), absl::Seconds(5));
   (void)os::TryReap(pidfd_.get());
 }
 

@@ -558,6 +558,47 @@ TEST(PoolLifecycleTest, ThirtySecondsHoldingTheGilIsSlowNotDead) {
   EXPECT_EQ(pool->Stats().restarts, 0u);
 }
 
+// A cancel with no deadline still ends a call that ignores it within
+// the grace: the pool's timer must learn of the kill time at once.
+TEST(PoolLifecycleTest, ACancelledDeafCallIsKilledAfterTheGrace) {
+  PoolOptions options;
+  options.cancel_grace = absl::Seconds(1);
+  auto pool = StartPool(1, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  Call call = pool->Submit("faults.spin", {{"seconds", 60}});
+  absl::SleepFor(absl::Milliseconds(300));
+  absl::Time cancelled = absl::Now();
+  call.Cancel();
+  while (pool->Stats().restarts == 0 &&
+         absl::Now() - cancelled < absl::Seconds(10)) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(pool->Stats().restarts_by_reason["hung_call"], 1u);
+  EXPECT_LT(SecondsSince(cancelled), 3.0);
+}
+
+int CountOpenFds() {
+  int n = 0;
+  DIR* dir = opendir("/proc/self/fd");
+  while (readdir(dir) != nullptr) {
+    ++n;
+  }
+  closedir(dir);
+  return n;
+}
+
+// Workers recycled while the pool is idle take their fds with them.
+TEST(PoolLifecycleTest, IdleRecyclingLeaksNoFds) {
+  PoolOptions options;
+  options.max_worker_age = absl::Milliseconds(100);
+  auto pool = StartPool(2, kDebianPython, options);
+  ASSERT_TRUE(pool);
+  int before = CountOpenFds();
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_GE(pool->Stats().restarts_by_reason["recycle_age"], 4u);
+  EXPECT_LT(CountOpenFds(), before + 20);
+}
+
 TEST(PoolHostileTest, MalformedLogHeaderDoesNotHurtTheHost) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);

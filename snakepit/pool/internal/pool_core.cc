@@ -101,6 +101,9 @@ bool IsGeneratorKind(const std::string& kind) {
 
 std::atomic<uint64_t> next_call_id{1};
 
+// The pool whose worker this thread is reading in Drive, if any.
+thread_local const PoolCore* driving = nullptr;
+
 }  // namespace
 
 PoolCore::PoolCore(PoolOptions options, worker::WorkerSpec spec,
@@ -591,6 +594,9 @@ void PoolCore::AbandonLocked(Worker& w, uint64_t id) {
   w.kill_at = std::min(w.kill_at, absl::Now() + options_.cancel_grace);
   // A failed send means the worker is dying; its exit is handled anyway.
   (void)w.process->SendControl(FrameType::kCancel, id);
+  if (!OnIoThread()) {
+    waker_.Wake();  // its timer must cover kill_at
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -756,6 +762,8 @@ void PoolCore::OnChannelEvent(const std::shared_ptr<Worker>& w,
   ReleaseReader(w);
 }
 
+bool PoolCore::DrivingOnThisThread() const { return driving == this; }
+
 void PoolCore::Drive(const std::shared_ptr<CallState>& call,
                      absl::Time until) {
   std::shared_ptr<Worker> w;
@@ -784,6 +792,7 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
   }
 
   Deferred deferred;
+  const PoolCore* outer = std::exchange(driving, this);
   absl::Time limit = std::min(until, call->deadline);
   while (!call->WaiterCanReturn() && w->channel_open.load()) {
     struct pollfd fds[3] = {{w->process->channel_fd(), POLLIN, 0},
@@ -820,6 +829,7 @@ void PoolCore::Drive(const std::shared_ptr<CallState>& call,
     std::lock_guard<std::mutex> lock(call->mu);
     call->driver_wake = nullptr;
   }
+  driving = outer;
   ReleaseReader(w);
   if (w->channel_open.load()) {
     SetChannelInterest(*w, true);
@@ -1448,6 +1458,7 @@ void PoolCore::OnExit(const std::shared_ptr<Worker>& w, Deferred* deferred) {
     Log().warn("pool {} worker {} {}", options_.name, w->pid, how);
   }
   workers_.erase(w->serial);
+  std::erase(idle_, w);  // its fds go with the last reference
   memory_reported_.erase(w->serial);
   if (!closed_) {
     std::string why = !w->exit_reason.empty() ? w->exit_reason
@@ -1539,7 +1550,14 @@ void PoolCore::RespawnMissing() {
     respawn_at_ = absl::InfiniteFuture();
   }
   for (int i = 0; i < count; ++i) {
-    if (absl::Status s = SpawnWorker(); !s.ok()) {
+    absl::Status s = SpawnWorker();
+    if (!s.ok() && zygote_ && !zygote_->alive()) {
+      // The zygote died under the fork: not the workers' fault. Once
+      // more, from a new zygote; a second failure counts.
+      OnZygoteExit();
+      s = SpawnWorker();
+    }
+    if (!s.ok()) {
       Log().error("pool {}: cannot start a worker: {}", options_.name,
                   std::string(s.message()));
       Deferred deferred;
@@ -1660,9 +1678,13 @@ void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
         call->Finish(closed, "", &deferred);
       }
       queue_.clear();
+      // Drained once no worker runs a call anyone waits for (abandoned
+      // calls and recycling workers included).
       auto idle = [&] {
         return std::none_of(workers_.begin(), workers_.end(), [](auto& e) {
-          return e.second->state == WorkerState::kBusy;
+          return std::any_of(e.second->running.begin(),
+                             e.second->running.end(),
+                             [](auto& r) { return r.second != nullptr; });
         });
       };
       changed_.wait_until(lock, absl::ToChronoTime(absl::Now() + drain),

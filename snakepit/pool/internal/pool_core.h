@@ -58,6 +58,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     return std::this_thread::get_id() == io_thread_.get_id();
   }
 
+  // True on a caller's thread while it reads a worker's channel in
+  // Drive (where chunk and completion callbacks may run too).
+  bool DrivingOnThisThread() const;
+
   // Spawns the workers and starts the I/O thread; with `wait`, waits
   // until every worker is ready or one fails to start.
   absl::Status Start(bool wait);
