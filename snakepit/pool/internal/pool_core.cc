@@ -163,8 +163,9 @@ PoolCore::NewProcess() {
     OnZygoteExit();
   }
   if (!zygote_) {
-    // Blocks this thread for the modules' import; the workers that could
-    // need it meanwhile are the zygote's, and they are gone.
+    // Blocks this thread for the modules' import (and each Fork for its
+    // reply): deadlines, exits and Shutdown wait meanwhile. TODO(#5):
+    // start and fork from a thread of their own.
     absl::StatusOr<std::unique_ptr<worker::Zygote>> zygote =
         worker::Zygote::Start(spec_, absl::Now() + options_.startup_timeout);
     if (!zygote.ok()) {
