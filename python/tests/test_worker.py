@@ -107,6 +107,19 @@ class _Drain(threading.Thread):
             return b"".join(self._chunks).decode("utf-8", "replace")
 
 
+def wait_for_exit(pid: int, timeout: float, what: str) -> int:
+    """Reaps child `pid`; returns its exit code (negative: killed by that
+    signal). Fails the test if it has not exited within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} {pid} did not exit")
+        time.sleep(0.01)
+
+
 class Worker:
     """A worker process started as the host starts one."""
 
@@ -209,15 +222,8 @@ class Worker:
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         """Returns the exit code (negative: killed by that signal)."""
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} did not exit")
-            else:
-                time.sleep(0.01)
+        if self.status is None:
+            self.status = wait_for_exit(self.pid, timeout, "worker")
         return self.status
 
     def close(self) -> None:

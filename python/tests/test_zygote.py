@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from tests.test_worker import (CALL, CODEC, FATAL, FIXTURES_DIR, GOODBYE,
                                HELLO, MOD, PREFIX, PYTHON_DIR, READY, RESULT,
                                TIMEOUT, Frame, _Drain, process_gone,
-                               recv_frame, send_frame)
+                               recv_frame, send_frame, wait_for_exit)
 
 FORK, FORKED, EXITED, RELEASE = 60, 61, 62, 63
 ZMOD = "sp_fixture_zygote"
@@ -156,15 +156,8 @@ class Zygote:
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         """Returns the exit code (negative: killed by that signal)."""
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"zygote {self.pid} did not exit")
-            else:
-                time.sleep(0.01)
+        if self.status is None:
+            self.status = wait_for_exit(self.pid, timeout, "zygote")
         return self.status
 
     def close(self) -> None:
