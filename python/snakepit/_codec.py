@@ -19,6 +19,7 @@ cleanly instead of raising RecursionError.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -39,6 +40,7 @@ __all__ = [
     "MsgpackCodec",
     "new_codec",
     "safe_text",
+    "within_depth",
 ]
 
 SERIALIZATION_ERROR = "serialization_error"
@@ -179,6 +181,43 @@ class Codec:
         """
         raise NotImplementedError
 
+    def quick_decoder(self) -> Callable[[Any], Any]:
+        """Returns a function that decodes like decode() but may skip the
+        depth check and may raise any exception for bad input.
+
+        For hot paths that check the depth themselves (`within_depth`)
+        and hand bad input to decode() for the exact error.
+        """
+        return self.decode
+
+    def stream_decoder(self) -> Optional[Tuple[Callable[[Any], None],
+                                               Callable[[], Any],
+                                               Callable[[], int]]]:
+        """Returns (feed, unpack, tell) of a new streaming decoder, or None
+        when this codec has none.
+
+        Like quick_decoder() but cheaper per small value (no per-call
+        options to parse). The caller checks the depth, checks that
+        tell() advanced by exactly what it fed (else trailing bytes were
+        left), and drops the decoder after any exception: bytes of a bad
+        value may stay buffered in it. Feeding copies, so it suits small
+        values only.
+        """
+        return None
+
+    def quick_encoder(self) -> Callable[[Any], bytes]:
+        """Returns a function that encodes like encode() for the calling
+        thread alone, and may raise any exception for what it cannot
+        encode (encode() then gives the exact error)."""
+        return self.encode
+
+
+def within_depth(value: Any, max_depth: int) -> bool:
+    """Tells whether a decoded value nests at most `max_depth`."""
+    if type(value) is not list and type(value) is not dict:
+        return True
+    return _within_depth(value, max_depth)
+
 
 def new_codec(max_depth: int = DEFAULT_MAX_DEPTH,
               use_msgpack: Optional[bool] = None) -> Codec:
@@ -254,6 +293,20 @@ class MsgpackCodec(Codec):
             except Exception:
                 pass
         return self._fallback.encode(value)
+
+    def quick_decoder(self) -> Callable[[Any], Any]:
+        return functools.partial(self._unpackb, raw=False,
+                                 strict_map_key=False, ext_hook=_reject_ext)
+
+    def stream_decoder(self) -> Optional[Tuple[Callable[[Any], None],
+                                               Callable[[], Any],
+                                               Callable[[], int]]]:
+        unpacker = _msgpack.Unpacker(raw=False, strict_map_key=False,
+                                     ext_hook=_reject_ext)
+        return unpacker.feed, unpacker.unpack, unpacker.tell
+
+    def quick_encoder(self) -> Callable[[Any], bytes]:
+        return _new_packer().pack
 
     def decode(self, data: Any) -> Any:
         try:

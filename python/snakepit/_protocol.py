@@ -32,6 +32,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ProtocolError",
     "Reason",
+    "send_rest",
 ]
 
 PROTOCOL_VERSION = 1
@@ -194,6 +195,23 @@ class FrameReader:
         self._view[:unread] = old_view[old_start:old_start + unread]
         self._end = unread
 
+    def idle_buffer(self) -> Optional[bytearray]:
+        """The whole buffer, for a caller that receives one frame into it
+        itself, or None when bytes are buffered or the buffer has grown
+        past what is kept (read() then gives it back).
+
+        The buffer is this reader's until the next read(); a caller that
+        received bytes it cannot handle passes their count to received()
+        and reads them as a frame with read().
+        """
+        if self._end or len(self._buf) > _KEEP_BUFFER:
+            return None
+        return self._buf
+
+    def received(self, count: int) -> None:
+        """Counts `count` bytes a caller received into idle_buffer()."""
+        self._end = count
+
     def buffered(self) -> bool:
         """Tells whether bytes of the next frame have been read already.
 
@@ -293,13 +311,16 @@ class FrameWriter:
     """Writes frames to a stream socket.
 
     Thread-safe: a lock keeps frames whole when several threads write (the
-    main thread's results, a user thread's `ctx.logger` records).
+    main thread's results, a user thread's `ctx.logger` records). A hot
+    path may write a whole frame to `socket` itself while it holds `lock`.
     """
 
     def __init__(self, sock: socket.socket, header_codec: Codec) -> None:
         self._sock = sock
         self._codec = header_codec
         self._lock = threading.Lock()
+        self.socket = sock
+        self.lock = self._lock
 
     def send(self, ftype: int, fid: int,
              header: Optional[Dict[str, Any]] = None,
@@ -324,7 +345,7 @@ class FrameWriter:
             try:
                 sent = self._sock.sendmsg(buffers)
                 if sent != total:
-                    _send_rest(self._sock, buffers, sent)
+                    send_rest(self._sock, buffers, sent)
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
 
@@ -337,12 +358,12 @@ class FrameWriter:
             try:
                 sent = self._sock.sendmsg((prefix, body))
                 if sent != len(prefix) + len(body):
-                    _send_rest(self._sock, [prefix, body], sent)
+                    send_rest(self._sock, [prefix, body], sent)
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from exc
 
 
-def _send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
+def send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
     """Sends what a partial sendmsg left, however the kernel splits it."""
     while True:
         while buffers and sent >= len(buffers[0]):

@@ -133,10 +133,16 @@ std::vector<std::string> WorkerEnv(const WorkerSpec& spec) {
   for (const auto& [name, value] : spec.env) {
     env[name] = value;
   }
+  // A program of the build tree runs the source tree's runtime; its
+  // native loop (_snakepit_native) is in the build tree. An installed
+  // runtime has it beside the package.
+  std::string runtime = spec.runtime_dir;
+  if (runtime == SNAKEPIT_SOURCE_RUNTIME_DIR) {
+    runtime = absl::StrCat(runtime, ":", SNAKEPIT_NATIVE_BUILD_DIR);
+  }
   std::string& pythonpath = env["PYTHONPATH"];
-  pythonpath = pythonpath.empty()
-                   ? spec.runtime_dir
-                   : absl::StrCat(spec.runtime_dir, ":", pythonpath);
+  pythonpath = pythonpath.empty() ? runtime
+                                  : absl::StrCat(runtime, ":", pythonpath);
   env["SNAKEPIT_HOST_PID"] = std::to_string(::getpid());
   // The marker by which a later host's reaper finds this worker and its
   // children if this host dies (see run_registry.h).

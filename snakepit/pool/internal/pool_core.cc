@@ -643,6 +643,7 @@ void PoolCore::Loop() {
 
 int PoolCore::NextTimeoutMs() {
   absl::Time next = absl::InfiniteFuture();
+  bool busy = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& call : queue_) {
@@ -661,11 +662,20 @@ int PoolCore::NextTimeoutMs() {
             options_.max_worker_age != absl::InfiniteDuration()) {
           next = std::min(next, w->started + options_.max_worker_age);
         }
+      } else if (w->state == WorkerState::kBusy) {
+        busy = true;
       }
     }
     if (missing_ > 0) {
       next = std::min(next, respawn_at_);
     }
+  }
+  // A busy worker is due a ping one interval after its call ends, which
+  // a caller reading its own reply (Drive) does not tell this loop. So
+  // the loop looks again at least once per interval while any worker is
+  // busy; else every such call would have to wake it.
+  if (busy) {
+    next = std::min(next, absl::Now() + options_.liveness_interval);
   }
   if (next == absl::InfiniteFuture()) {
     next_wake_ns_.store(std::numeric_limits<int64_t>::max());
