@@ -404,6 +404,59 @@ class CrossCodecTest(unittest.TestCase):
                 value)
 
 
+@unittest.skipUnless(HAVE_MSGPACK, "the msgpack package is not installed")
+class HugeBinDecodeTest(unittest.TestCase):
+    """Top-level bins of at least _HUGE_BIN bytes take their own decode
+    path in the msgpack codec; it must read exactly what msgpack reads."""
+
+    def setUp(self) -> None:
+        self.codec = _codec.MsgpackCodec()
+        self.big = bytes(range(256)) * (_codec._HUGE_BIN // 256 + 3)
+
+    def check(self, value: Any) -> None:
+        data = bytearray(msgpack.packb(value, use_bin_type=True))
+        got = self.codec.decode(memoryview(data))
+        self.assertEqual(got, value)
+        items = got.values() if isinstance(got, dict) else got
+        for item in items:
+            if isinstance(item, (bytes, bytearray)):
+                self.assertIs(type(item), bytes)
+
+    def test_keyword_arguments_round_trip(self) -> None:
+        self.check({"data": self.big})
+        self.check({"a": [1, {"b": 2.5}], "data": self.big, "c": "text",
+                    "more": self.big[::-1], "small": b"xy"})
+
+    def test_positional_arguments_round_trip(self) -> None:
+        self.check([self.big, None, [1, 2], self.big[:_codec._HUGE_BIN]])
+
+    def test_a_key_given_twice_keeps_the_last_value(self) -> None:
+        data = (b"\x82\xa4data\xc6" + len(self.big).to_bytes(4, "big")
+                + self.big + b"\xa4data\x07")
+        self.assertEqual(self.codec.decode(data), {"data": 7})
+
+    def test_trailing_and_missing_bytes_still_fail(self) -> None:
+        data = msgpack.packb({"data": self.big}, use_bin_type=True)
+        with self.assertRaises(DecodeError):
+            self.codec.decode(data + b"\x00")
+        with self.assertRaises(DecodeError):
+            self.codec.decode(data[:-1])
+
+    def test_depth_limit_still_applies(self) -> None:
+        codec = _codec.MsgpackCodec(max_depth=2)
+        data = msgpack.packb({"data": self.big, "deep": [[1]]},
+                             use_bin_type=True)
+        with self.assertRaises(DecodeError) as caught:
+            codec.decode(data)
+        self.assertEqual(caught.exception.reason, _codec.PAYLOAD_TOO_DEEP)
+
+    def test_huge_bytes_copies_exactly(self) -> None:
+        view = memoryview(bytearray(self.big))[3:-5]
+        out = _codec._huge_bytes(view)
+        self.assertIs(type(out), bytes)
+        self.assertEqual(out, bytes(view))
+
+
 class NewCodecTest(unittest.TestCase):
     def test_default_follows_the_package(self) -> None:
         self.assertEqual(_codec.new_codec().name,

@@ -59,6 +59,26 @@ absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
   return spec;
 }
 
+// Checks raw arguments: empty (none), or one msgpack map or array.
+absl::Status CheckRawArgs(const std::string& args_msgpack) {
+  if (args_msgpack.empty()) {
+    return absl::OkStatus();
+  }
+  absl::Status ok = CheckMsgpack(args_msgpack, kDefaultMaxDepth, false);
+  if (!ok.ok()) {
+    return ok;
+  }
+  auto first = static_cast<unsigned char>(args_msgpack[0]);
+  bool is_map = (first & 0xf0) == 0x80 || first == 0xde || first == 0xdf;
+  bool is_array = (first & 0xf0) == 0x90 || first == 0xdc || first == 0xdd;
+  if (!is_map && !is_array) {
+    return ReasonError(reason::kInvalidArgument,
+                       "arguments must be a msgpack map (keywords) or array "
+                       "(positional)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Pool>> Pool::Start(PoolOptions options) {
@@ -133,27 +153,24 @@ Call Pool::Submit(std::string_view function, const Value& args,
     }
     encoded = std::move(*bytes);
   }
-  return core_->Submit(function, std::move(encoded), options);
+  return core_->Submit(function, std::move(encoded), nullptr, options);
 }
 
-Call Pool::SubmitRaw(std::string_view function, std::string args_msgpack,
+Call Pool::SubmitRaw(std::string_view function, std::string&& args_msgpack,
                      const CallOptions& options) {
-  if (!args_msgpack.empty()) {
-    absl::Status ok = CheckMsgpack(args_msgpack, kDefaultMaxDepth, false);
-    if (!ok.ok()) {
-      return Call::Failed(ok);
-    }
-    auto first = static_cast<unsigned char>(args_msgpack[0]);
-    bool is_map = (first & 0xf0) == 0x80 || first == 0xde || first == 0xdf;
-    bool is_array = (first & 0xf0) == 0x90 || first == 0xdc || first == 0xdd;
-    if (!is_map && !is_array) {
-      return Call::Failed(ReasonError(
-          reason::kInvalidArgument,
-          "arguments must be a msgpack map (keywords) or array "
-          "(positional)"));
-    }
+  if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
+    return Call::Failed(ok);
   }
-  return core_->Submit(function, std::move(args_msgpack), options);
+  return core_->Submit(function, std::move(args_msgpack), nullptr, options);
+}
+
+Call Pool::SubmitRaw(std::string_view function,
+                     const std::string& args_msgpack,
+                     const CallOptions& options) {
+  if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
+    return Call::Failed(ok);
+  }
+  return core_->Submit(function, "", &args_msgpack, options);
 }
 
 absl::StatusOr<Value> Pool::Invoke(std::string_view function,

@@ -182,7 +182,15 @@ class Pool {
               const CallOptions& options = {});
 
   // As Submit, with the arguments already encoded as msgpack.
-  Call SubmitRaw(std::string_view function, std::string args_msgpack,
+  Call SubmitRaw(std::string_view function, std::string&& args_msgpack,
+                 const CallOptions& options = {});
+
+  // As above, for arguments the caller keeps: they are read only before
+  // this returns. When a worker is free they are written to it straight
+  // from `args_msgpack`, with no copy, which for large arguments saves
+  // as much time as the write itself; when the call must wait in the
+  // queue, they are copied.
+  Call SubmitRaw(std::string_view function, const std::string& args_msgpack,
                  const CallOptions& options = {});
 
   // Submit(...).Get().

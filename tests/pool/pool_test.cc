@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -404,6 +405,38 @@ TEST(PoolTest, OneByteOverThePayloadLimitFailsBothWays) {
   EXPECT_EQ(ReasonOf(back.status()), "payload_too_large") << back.status();
   EXPECT_NE(back.status().message().find("worker→host"), std::string::npos);
   EXPECT_EQ(*pool->Invoke("faults.pid", nullptr), pid);
+}
+
+// Raw arguments passed as an lvalue are written in place to an idle
+// worker, and copied for a call that must queue; either way the caller
+// keeps its string, and the worker sees every byte (12 MiB: past the
+// host's huge-page body and the worker's huge-bin decode thresholds).
+TEST(PoolTest, LargeRawArgumentsTheCallerKeepsRoundTripIdleOrQueued) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string data(12u << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) {
+    data[i] = static_cast<char>((i * 131) >> 7);
+  }
+  std::string raw = *EncodeValue({{"value", Bytes(data)}});
+  const std::string kept = raw;
+  const std::string expected = *EncodeValue(Bytes(data));
+
+  absl::StatusOr<std::string> idle =
+      pool->SubmitRaw("faults.echo", raw).GetRaw();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  EXPECT_TRUE(*idle == expected);
+  EXPECT_TRUE(raw == kept);
+
+  Call blocker = pool->Submit("faults.sleep", {{"seconds", 0.3}});
+  Call queued = pool->SubmitRaw("faults.echo", raw);
+  std::fill(raw.begin(), raw.end(), 'z');  // the queued call has its copy
+  raw.clear();
+  raw.shrink_to_fit();
+  absl::StatusOr<std::string> later = queued.GetRaw();
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_TRUE(*later == expected);
+  EXPECT_TRUE(blocker.Get().ok());
 }
 
 TEST(PoolTest, DeepNestingFailsCleanlyBothWays) {

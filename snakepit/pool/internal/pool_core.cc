@@ -257,6 +257,7 @@ std::shared_ptr<PoolCore::Worker> PoolCore::Find(uint32_t serial) {
 // Submitting and cancelling.
 
 Call PoolCore::Submit(std::string_view function, std::string args,
+                      const std::string* borrowed,
                       const CallOptions& options) {
   absl::Time deadline = options.timeout == absl::InfiniteDuration()
                             ? absl::InfiniteFuture()
@@ -265,10 +266,11 @@ Call PoolCore::Submit(std::string_view function, std::string args,
                                           std::string(function), deadline);
   call->pool = weak_from_this();
   call->max_buffered = options_.max_payload_bytes;
-  if (args.size() > options_.max_payload_bytes) {
+  const size_t size = borrowed != nullptr ? borrowed->size() : args.size();
+  if (size > options_.max_payload_bytes) {
     return Call::Failed(ReasonError(
         reason::kPayloadTooLarge,
-        absl::StrCat("arguments of ", args.size(), " bytes exceed the ",
+        absl::StrCat("arguments of ", size, " bytes exceed the ",
                      options_.max_payload_bytes,
                      "-byte payload limit (host→worker)")));
   }
@@ -289,51 +291,70 @@ Call PoolCore::Submit(std::string_view function, std::string args,
   }
 
   std::shared_ptr<Worker> w;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) {
-      return Call::Failed(ReasonError(
-          reason::kPoolClosed,
-          absl::StrCat("pool ", options_.name, " is shutting down")));
-    }
-    if (catalogue_known_) {
-      auto it = catalogue_.find(call->function);
-      if (it == catalogue_.end()) {
-        return Call::Failed(ReasonError(
-            reason::kUnknownFunction,
-            absl::StrCat("no function ", call->function, " in pool ",
-                         options_.name, " (", catalogue_.size(),
-                         " functions; `snakepit fn list` shows them)")));
-      }
-      call->streams = IsGeneratorKind(it->second.kind);
-    }
-    if (DegradedLocked()) {
-      return Call::Failed(DegradedErrorLocked());
-    }
-    absl::Status refusal;
-    w = TakeIdleLocked(*call, &refusal);
-    if (!refusal.ok()) {
-      return Call::Failed(refusal);
-    }
-    if (w) {
-      AssignLocked(*w, call);
-    } else if (queue_.size() >= options_.max_queue) {
-      return Call::Failed(ReasonError(
-          reason::kQueueFull,
-          absl::StrCat("pool ", options_.name, " has ", queue_.size(),
-                       " calls waiting, its queue limit")));
-    } else {
-      queue_.push_back(call);
-    }
+  absl::Status placed = Place(call, /*may_queue=*/borrowed == nullptr, &w);
+  if (placed.ok() && w == nullptr && borrowed != nullptr) {
+    // No worker is free, so the call waits in the queue beyond this
+    // return and needs its own copy of the arguments. The copy is made
+    // outside mu_, then the call is placed afresh.
+    call->args = *borrowed;
+    borrowed = nullptr;
+    placed = Place(call, /*may_queue=*/true, &w);
+  }
+  if (!placed.ok()) {
+    return Call::Failed(placed);
   }
   if (w) {
-    SendCall(w, call);
+    SendCall(w, call, borrowed);
   }
   if (deadline != absl::InfiniteFuture() &&
       absl::ToUnixNanos(deadline) < next_wake_ns_.load()) {
     waker_.Wake();
   }
   return Call(call);
+}
+
+absl::Status PoolCore::Place(const std::shared_ptr<CallState>& call,
+                             bool may_queue, std::shared_ptr<Worker>* w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) {
+    return ReasonError(reason::kPoolClosed, absl::StrCat("pool ",
+                                                         options_.name,
+                                                         " is shutting down"));
+  }
+  if (catalogue_known_) {
+    auto it = catalogue_.find(call->function);
+    if (it == catalogue_.end()) {
+      return ReasonError(
+          reason::kUnknownFunction,
+          absl::StrCat("no function ", call->function, " in pool ",
+                       options_.name, " (", catalogue_.size(),
+                       " functions; `snakepit fn list` shows them)"));
+    }
+    call->streams = IsGeneratorKind(it->second.kind);
+  }
+  if (DegradedLocked()) {
+    return DegradedErrorLocked();
+  }
+  absl::Status refusal;
+  *w = TakeIdleLocked(*call, &refusal);
+  if (!refusal.ok()) {
+    return refusal;
+  }
+  if (*w) {
+    AssignLocked(**w, call);
+    return absl::OkStatus();
+  }
+  if (!may_queue) {
+    return absl::OkStatus();
+  }
+  if (queue_.size() >= options_.max_queue) {
+    return ReasonError(
+        reason::kQueueFull,
+        absl::StrCat("pool ", options_.name, " has ", queue_.size(),
+                     " calls waiting, its queue limit"));
+  }
+  queue_.push_back(call);
+  return absl::OkStatus();
 }
 
 void PoolCore::Cancel(const std::shared_ptr<CallState>& call) {
@@ -540,7 +561,8 @@ void PoolCore::SendCalls(const std::shared_ptr<Worker>& w,
 }
 
 void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
-                        const std::shared_ptr<CallState>& call) {
+                        const std::shared_ptr<CallState>& call,
+                        const std::string* borrowed) {
   protocol::HeaderWriter header;
   bool bounded = call->deadline != absl::InfiniteFuture();
   bool in_session = !call->session.empty();
@@ -556,7 +578,10 @@ void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
     header.String("timeout_ms");
     header.Uint(std::max<int64_t>(1, absl::ToInt64Milliseconds(left)));
   }
-  std::string args = std::move(call->args);
+  // Owned arguments leave the call, so that their memory is released
+  // once they are sent.
+  std::string owned = std::move(call->args);
+  std::string_view args = borrowed != nullptr ? *borrowed : owned;
   absl::Status sent = w->process->Send(FrameType::kCall, call->id,
                                        header.data(), args, call->deadline);
   if (sent.ok()) {

@@ -66,8 +66,12 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // until every worker is ready or one fails to start.
   absl::Status Start(bool wait);
 
+  // Submits a call with the msgpack arguments `args`, or, when
+  // `borrowed` is not null, with `*borrowed`, which is read only before
+  // Submit returns: written straight to an idle worker, or copied into
+  // the call when it must wait in the queue.
   Call Submit(std::string_view function, std::string args,
-              const CallOptions& options);
+              const std::string* borrowed, const CallOptions& options);
 
   // Called by a thread about to wait for `call`: if the call runs on a
   // worker whose channel no one is reading, this thread reads it itself
@@ -212,6 +216,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void AssignLocked(Worker& w, const std::shared_ptr<CallState>& call);
   // Whether `w` takes another call now. REQUIRES: mu_ held.
   static bool HasFreeSlotLocked(const Worker& w);
+  // Gives `call` to an idle worker, returned in `*w`, or else, with
+  // `may_queue`, to the queue; without it `*w` is left null. Fails as
+  // Submit does: pool closed, unknown function, degraded, queue full.
+  absl::Status Place(const std::shared_ptr<CallState>& call, bool may_queue,
+                     std::shared_ptr<Worker>* w);
   // Fills `w`'s free slots from the queue (calls to send go to
   // `to_send`) and sets its state; idle workers join idle_.
   void DispatchQueuedLocked(const std::shared_ptr<Worker>& w,
@@ -220,8 +229,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void SettleLocked(const std::shared_ptr<Worker>& w, Deferred* deferred,
                     CallList* to_send);
   void SendCalls(const std::shared_ptr<Worker>& w, const CallList& calls);
+  // Writes `call` to `w`, with `*borrowed` as its arguments when not
+  // null, else the call's own.
   void SendCall(const std::shared_ptr<Worker>& w,
-                const std::shared_ptr<CallState>& call);
+                const std::shared_ptr<CallState>& call,
+                const std::string* borrowed = nullptr);
   // Gives up on call `id` of `w`: asks the worker to cancel it, and kills
   // the worker if it has not answered within cancel_grace.
   void AbandonLocked(Worker& w, uint64_t id);
