@@ -28,8 +28,10 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 #include <endian.h>
 
 enum {
@@ -40,6 +42,9 @@ enum {
    * them without a copy. Matches _BIG_RESULT in _worker.py. */
   kBigResult = 64 * 1024,
 };
+
+/* Bins from this size up are decoded onto huge pages (new_bytes). */
+static const uint64_t kHugeBin = 4u << 20;
 
 /* A growable output buffer, kept between calls. */
 typedef struct {
@@ -316,12 +321,35 @@ static PyObject* decode_str(In* in, uint64_t n) {
   return PyUnicode_DecodeUTF8((const char*)at, (Py_ssize_t)n, NULL);
 }
 
+/* A new bytes object holding `n` bytes from `at`. A large one is fresh
+ * memory, and faulting it in 4 KiB pages costs about as much as the copy
+ * itself: its pages are advised onto transparent huge pages first (only
+ * advice; nothing changes where the system offers none). */
+static PyObject* new_bytes(const unsigned char* at, uint64_t n) {
+  if (n < kHugeBin) {
+    return PyBytes_FromStringAndSize((const char*)at, (Py_ssize_t)n);
+  }
+  PyObject* bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+  if (bytes == NULL) {
+    return NULL;
+  }
+  char* data = PyBytes_AS_STRING(bytes);
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t first = ((uintptr_t)data + page - 1) & ~(page - 1);
+  uintptr_t end = ((uintptr_t)data + n) & ~(page - 1);
+  if (end > first) {
+    madvise((void*)first, end - first, MADV_HUGEPAGE);
+  }
+  memcpy(data, at, n);
+  return bytes;
+}
+
 static PyObject* decode_bin(In* in, uint64_t n) {
   const unsigned char* at;
   if (in_take(in, n, &at) < 0) {
     return NULL;
   }
-  return PyBytes_FromStringAndSize((const char*)at, (Py_ssize_t)n);
+  return new_bytes(at, n);
 }
 
 static PyObject* decode_float(In* in, int width) {
@@ -722,7 +750,35 @@ static PyObject* serve_plain_calls(PyObject* module, PyObject* argv) {
   return PyLong_FromSsize_t(result);
 }
 
+static PyObject* decode(PyObject* module, PyObject* argv) {
+  (void)module;
+  Py_buffer data;
+  int max_depth;
+  if (!PyArg_ParseTuple(argv, "y*i:decode", &data, &max_depth)) {
+    return NULL;
+  }
+  In in = {data.buf, (const unsigned char*)data.buf + data.len, max_depth};
+  PyObject* value = decode_value(&in, 1);
+  PyBuffer_Release(&data);
+  if (value != NULL && in.p != in.end) {
+    Py_CLEAR(value);
+  }
+  if (value == NULL) {
+    PyErr_Clear();
+    PyErr_SetString(PyExc_ValueError,
+                    "not a value this decoder reads; use the general one");
+  }
+  return value;
+}
+
 static PyMethodDef kMethods[] = {
+    {"decode", decode, METH_VARARGS,
+     "decode(data, max_depth) -> value\n\n"
+     "Decodes the one msgpack value in `data` as the worker's codec does,\n"
+     "large bins onto huge pages. Raises ValueError for anything it does\n"
+     "not read (ext types, unhashable keys, bad UTF-8, nesting deeper\n"
+     "than max_depth, malformed or trailing bytes): the caller's general\n"
+     "decoder then gives the exact error or value."},
     {"serve_plain_calls", serve_plain_calls, METH_VARARGS,
      "serve_plain_calls(fd, buffer, worker, plain_function, on_exception,\n"
      "                  on_result, early_cancels, state, send_lock,\n"

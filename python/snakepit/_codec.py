@@ -24,6 +24,8 @@ import struct
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from ._accel import native
+
 try:
     import msgpack as _msgpack
 except ImportError:  # The built-in codec takes over.
@@ -55,6 +57,10 @@ _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
 _LEN_MAX = (1 << 32) - 1
 _BIG_BIN = 1 << 20
+# Values from this size up are decoded by the C decoder when it is there
+# (snakepit._accel): it puts large bins on huge pages, which halves the
+# cost of a 64 MiB argument. Below it the msgpack package is as fast.
+_NATIVE_DECODE_MIN = 1 << 20
 
 
 def safe_text(text: str) -> str:
@@ -252,6 +258,11 @@ class BuiltinCodec(Codec):
                               "$") from exc
 
     def decode(self, data: Any) -> Any:
+        if native is not None:
+            try:
+                return native.decode(data, self.max_depth)
+            except ValueError:
+                pass  # Not its subset: the decoder below tells.
         return _Decoder(data, self.max_depth).run()
 
 
@@ -309,212 +320,20 @@ class MsgpackCodec(Codec):
         return _new_packer().pack
 
     def decode(self, data: Any) -> Any:
-        value = _NOT_CONVERTED
-        if len(data) >= _HUGE_BIN:
-            value = self._decode_huge_bins(data)
-        if value is _NOT_CONVERTED:
+        if len(data) >= _NATIVE_DECODE_MIN and native is not None:
             try:
-                value = self._unpackb(data, raw=False, strict_map_key=False,
-                                      ext_hook=_reject_ext)
-            except Exception:
-                return self._fallback.decode(data)
+                return native.decode(data, self.max_depth)
+            except ValueError:
+                pass  # Not its subset: the general decode tells.
+        try:
+            value = self._unpackb(data, raw=False, strict_map_key=False,
+                                  ext_hook=_reject_ext)
+        except Exception:
+            return self._fallback.decode(data)
         if (type(value) is list or type(value) is dict) and not _within_depth(
                 value, self.max_depth):
             return self._fallback.decode(data)  # Raises payload_too_deep.
         return value
-
-
-    def _decode_huge_bins(self, data: Any) -> Any:
-        """Decodes a map or array whose top-level values include bins of
-        at least _HUGE_BIN bytes, each copied once into a `bytes` on huge
-        pages (_huge_bytes); the rest is decoded as usual.
-
-        Returns `_NOT_CONVERTED` for any other shape, duplicate map keys
-        or malformed data: the plain decode then handles (or rejects) it.
-        """
-        view = memoryview(data).cast("B")
-        try:
-            found = _find_huge_bins(view)
-        except (IndexError, ValueError):
-            return _NOT_CONVERTED
-        if found is None:
-            return _NOT_CONVERTED
-        count, bins = found
-        # The rest, with each huge bin replaced by nil, is small.
-        pieces = []
-        done = 0
-        for _, _, head, start, end in bins:
-            pieces.append(view[done:head])
-            pieces.append(b"\xc0")
-            done = end
-        pieces.append(view[done:])
-        try:
-            value = self._unpackb(b"".join(pieces), raw=False,
-                                  strict_map_key=False, ext_hook=_reject_ext)
-            keys = [None if key is None else self._unpackb(
-                view[key[0]:key[1]], raw=False, strict_map_key=False,
-                ext_hook=_reject_ext) for key, _, _, _, _ in bins]
-        except Exception:
-            return _NOT_CONVERTED
-        if len(value) != count:
-            return _NOT_CONVERTED  # A map with a key given twice.
-        for key, (_, index, _, start, end) in zip(keys, bins):
-            value[index if key is None else key] = _huge_bytes(
-                view[start:end])
-        return value
-
-
-# Bins from this size up, directly in a top-level map or array (call
-# arguments), are decoded by MsgpackCodec._decode_huge_bins.
-_HUGE_BIN = 8 << 20
-# The most msgpack items _find_huge_bins walks before giving up.
-_SCAN_BUDGET = 1024
-
-# Bytes after the type byte of fixed-size items: nil, bools, numbers.
-_SCAN_FIXED = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1,
-               0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4,
-               0xd3: 8, 0xd4: 2, 0xd5: 3, 0xd6: 5, 0xd7: 9, 0xd8: 17}
-# Length fields of str, bin and ext items: (length bytes, bytes after it).
-_SCAN_SIZED = {0xc4: (1, 0), 0xc5: (2, 0), 0xc6: (4, 0), 0xc7: (1, 1),
-          0xc8: (2, 1), 0xc9: (4, 1), 0xd9: (1, 0), 0xda: (2, 0),
-          0xdb: (4, 0)}
-_SCAN_BINS = (0xc4, 0xc5, 0xc6)
-# Length fields of arrays and maps: (length bytes, items per entry).
-_SCAN_CONTAINERS = {0xdc: (2, 1), 0xdd: (4, 1), 0xde: (2, 2), 0xdf: (4, 2)}
-
-
-def _container_header(view: memoryview, pos: int) -> Tuple[int, int, int]:
-    """Returns (entries, items per entry, end of header) of the array or
-    map at `pos`; raises ValueError for anything else."""
-    b = view[pos]
-    if 0x80 <= b <= 0x8f:
-        return b & 0x0f, 2, pos + 1
-    if 0x90 <= b <= 0x9f:
-        return b & 0x0f, 1, pos + 1
-    if b not in _SCAN_CONTAINERS:
-        raise ValueError("not a container")
-    size, per = _SCAN_CONTAINERS[b]
-    return int.from_bytes(view[pos + 1:pos + 1 + size], "big"), per, \
-        pos + 1 + size
-
-
-def _skip(view: memoryview, pos: int, budget: List[int]) -> int:
-    """Returns where the msgpack item at `pos` ends, without recursion.
-
-    Raises ValueError when `budget[0]` items are used up or the type byte
-    is invalid, IndexError when the data ends early.
-    """
-    pending = 1
-    while pending:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise ValueError("too many items")
-        pending -= 1
-        b = view[pos]
-        if b <= 0x7f or b >= 0xe0:
-            pos += 1
-        elif b <= 0x9f:
-            entries, per, pos = _container_header(view, pos)
-            pending += entries * per
-        elif b <= 0xbf:
-            pos += 1 + (b & 0x1f)
-        elif b in _SCAN_FIXED:
-            pos += 1 + _SCAN_FIXED[b]
-        elif b in _SCAN_SIZED:
-            size, extra = _SCAN_SIZED[b]
-            length = int.from_bytes(view[pos + 1:pos + 1 + size], "big")
-            pos += 1 + size + extra + length
-        elif b in _SCAN_CONTAINERS:
-            entries, per, pos = _container_header(view, pos)
-            pending += entries * per
-        else:
-            raise ValueError(f"invalid type byte 0x{b:02x}")
-        if pos > len(view):
-            raise IndexError("data ends early")
-    return pos
-
-
-def _find_huge_bins(view: memoryview) -> Optional[Tuple[int, List[Any]]]:
-    """Finds the bins of at least _HUGE_BIN bytes among the top-level
-    values of the map or array in `view`.
-
-    Returns None when there are none or the data holds anything after
-    the container, else (entries, bins) with one (key span or None,
-    index, header start, data start, data end) per bin.
-    """
-    entries, per, pos = _container_header(view, 0)
-    budget = [_SCAN_BUDGET]
-    bins = []
-    for index in range(entries):
-        key = None
-        if per == 2:
-            key = (pos, _skip(view, pos, budget))
-            pos = key[1]
-        b = view[pos]
-        if b in _SCAN_BINS:
-            size = _SCAN_SIZED[b][0]
-            length = int.from_bytes(view[pos + 1:pos + 1 + size], "big")
-            start = pos + 1 + size
-            if length >= _HUGE_BIN and start + length <= len(view):
-                bins.append((key, index, pos, start, start + length))
-        pos = _skip(view, pos, budget)
-    if not bins or pos != len(view):
-        return None
-    return entries, bins
-
-
-_MADV_HUGEPAGE = 14
-_huge_bytes_impl: Optional[Callable[[memoryview], bytes]] = None
-
-
-def _huge_bytes(view: memoryview) -> bytes:
-    """Returns `bytes(view)`, on transparent huge pages where possible.
-
-    A large `bytes` is fresh memory, and faulting it in 4 KiB pages costs
-    about as much again as copying into it. CPython lets a new bytes
-    object be filled before it is shared (PyBytes_FromStringAndSize with
-    NULL), which leaves a moment to advise its pages (madvise
-    MADV_HUGEPAGE, as numpy does for its arrays). Without ctypes or on
-    another interpreter this is a plain copy.
-    """
-    global _huge_bytes_impl
-    if _huge_bytes_impl is None:
-        _huge_bytes_impl = _make_huge_bytes()
-    return _huge_bytes_impl(view)
-
-
-def _make_huge_bytes() -> Callable[[memoryview], bytes]:
-    import sys
-    if sys.implementation.name != "cpython" or not sys.platform.startswith(
-            "linux"):
-        return bytes
-    try:
-        import ctypes
-        new = ctypes.pythonapi.PyBytes_FromStringAndSize
-        new.restype = ctypes.py_object
-        new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    except (ImportError, AttributeError, OSError):
-        return bytes
-    # Where a bytes object's data starts (offsetof(PyBytesObject,
-    # ob_sval)): its fixed size less the byte of the empty string's NUL.
-    data_offset = bytes.__basicsize__ - 1
-    page = 4096
-
-    def huge_bytes(view: memoryview) -> bytes:
-        size = len(view)
-        out = new(None, size)
-        address = id(out) + data_offset
-        first = (address + page - 1) & ~(page - 1)
-        end = (address + size) & ~(page - 1)
-        if end > first:
-            madvise(first, end - first, _MADV_HUGEPAGE)  # only advice
-        target = (ctypes.c_char * size).from_address(address)
-        memoryview(target).cast("B")[:] = view
-        return out
-
-    return huge_bytes
 
 
 def _new_packer() -> Any:

@@ -62,6 +62,7 @@ from typing import (Any, Callable, Deque, Dict, List, NamedTuple, NoReturn,
                     Optional, Sequence, Set, Tuple)
 
 from snakepit import __version__
+from snakepit._accel import native as _native
 from snakepit._codec import (DEFAULT_MAX_DEPTH, DecodeError, EncodeError,
                              new_codec, safe_text, within_depth)
 from snakepit._context import CallState, Context, LogSink
@@ -82,14 +83,6 @@ EXIT_FATAL = 3
 
 _CALL = FrameType.CALL
 
-# The small-call loop in C (python/native), when it was built for this
-# interpreter; SNAKEPIT_NATIVE=0 makes the worker use its Python twin.
-_native: Any = None
-if os.environ.get("SNAKEPIT_NATIVE", "1") != "0":
-    try:
-        import _snakepit_native as _native
-    except ImportError:
-        pass
 _PREFIX_LEN = PREFIX.size
 _unpack_prefix = PREFIX.unpack_from
 _pack_prefix = PREFIX.pack
