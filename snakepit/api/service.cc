@@ -145,9 +145,14 @@ void RecordCall(const CallLink& link, const absl::Status& status,
 
 // Checks and submits the RPC's call, filling `link`. On failure the link
 // is marked finished and the caller finishes the RPC with the status.
-absl::StatusOr<snakepit::Call> StartCall(CallLink& link, NodeState* node,
-                                         grpc::ServerContextBase& context,
-                                         const v1::CallRequest& request) {
+// With a `wait`, this thread then reads the worker's reply for up to that
+// long (Pool::SubmitRawAndWait), once `on_submitted` has seen the call.
+absl::StatusOr<snakepit::Call> StartCall(
+    CallLink& link, NodeState* node, grpc::ServerContextBase& context,
+    const v1::CallRequest& request,
+    absl::Duration wait = absl::ZeroDuration(),
+    const std::function<void(const snakepit::Call&)>& on_submitted =
+        nullptr) {
   link.node = node;
   link.function = request.function();
   absl::StatusOr<PreparedCall> prepared =
@@ -158,9 +163,15 @@ absl::StatusOr<snakepit::Call> StartCall(CallLink& link, NodeState* node,
   }
   link.prepared = std::move(*prepared);
   link.start = absl::Now();
-  return link.prepared.pool->pool->SubmitRaw(
-      link.function, std::move(link.prepared.args_msgpack),
-      link.prepared.options);
+  snakepit::Pool& pool = *link.prepared.pool->pool;
+  if (wait <= absl::ZeroDuration()) {
+    return pool.SubmitRaw(link.function,
+                          std::move(link.prepared.args_msgpack),
+                          link.prepared.options);
+  }
+  return pool.SubmitRawAndWait(link.function,
+                               std::move(link.prepared.args_msgpack),
+                               link.prepared.options, wait, on_submitted);
 }
 
 // Cancels the unary call behind `link`, or has it cancelled as soon as it
@@ -321,24 +332,27 @@ class UnaryCall {
                           "this node is shutting down; call another"));
       return;
     }
+    // This thread reads the worker's reply itself when the function has
+    // been quick and another thread is free to take the next RPC.
+    bool drive = threads_->BeginDrive(request_.function());
     absl::StatusOr<snakepit::Call> call =
-        StartCall(*link_, node_, context_, request_);
+        StartCall(*link_, node_, context_, request_,
+                  drive ? kDriveBudget : absl::ZeroDuration(),
+                  [this](const snakepit::Call& submitted) {
+                    Publish(submitted);
+                  });
+    if (drive) {
+      threads_->EndDrive();
+    }
     if (!call.ok()) {
       AwaitNext();
       FinishRpc(call.status());
       return;
     }
-    bool cancel;
-    {
-      std::lock_guard<std::mutex> lock(link_->mu);
-      link_->call = *call;
-      link_->submitted = true;
-      cancel = link_->cancel_asked;
+    if (!drive) {
+      Publish(*call);
     }
-    if (cancel) {
-      call->Cancel();
-    }
-    bool done = Drive(*call);
+    bool done = call->Done();
     AwaitNext();
     if (done) {
       Complete(*call);
@@ -349,21 +363,19 @@ class UnaryCall {
     });
   }
 
-  // Reads the worker's reply on this thread, for at most kDriveBudget,
-  // when the call was sent to a worker (a queued one has a wait ahead)
-  // and its function has been quick. True when the call has ended.
-  bool Drive(const snakepit::Call& call) {
-    if (call.Done()) {
-      return true;
+  // Makes the submitted call the one a cancel of the RPC reaches, and
+  // applies a cancel that came before it.
+  void Publish(const snakepit::Call& call) {
+    bool cancel;
+    {
+      std::lock_guard<std::mutex> lock(link_->mu);
+      link_->call = call;
+      link_->submitted = true;
+      cancel = link_->cancel_asked;
     }
-    // QueueWait is zero until the call is sent.
-    if (call.QueueWait() <= absl::ZeroDuration() ||
-        !threads_->BeginDrive(link_->function)) {
-      return false;
+    if (cancel) {
+      call.Cancel();
     }
-    bool done = call.WaitFor(kDriveBudget);
-    threads_->EndDrive();
-    return done;
   }
 
   // Runs once the call has ended: on this thread when it drove the call,

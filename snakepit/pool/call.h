@@ -84,6 +84,8 @@ class Call {
   absl::StatusOr<std::optional<std::string>> NextRaw() const;
 
  private:
+  friend class Pool;  // hands a call's reading back (SubmitRawAndWait)
+
   std::shared_ptr<internal::CallState> state_;
 };
 

@@ -138,22 +138,48 @@ Pool::Pool(std::shared_ptr<internal::PoolCore> core)
 
 Pool::~Pool() { Shutdown(absl::ZeroDuration(), absl::Seconds(2)); }
 
+namespace {
+
+// The msgpack of call arguments: a map, an array, or null (none: empty).
+absl::StatusOr<std::string> EncodeArgs(const Value& args) {
+  if (!args.is_null() && !args.is_object() && !args.is_array()) {
+    return ReasonError(
+        reason::kInvalidArgument,
+        "arguments must be a map (keywords), an array (positional) or null");
+  }
+  if (args.is_null()) {
+    return std::string();
+  }
+  return EncodeValue(args);
+}
+
+}  // namespace
+
 Call Pool::Submit(std::string_view function, const Value& args,
                   const CallOptions& options) {
-  if (!args.is_null() && !args.is_object() && !args.is_array()) {
-    return Call::Failed(ReasonError(
-        reason::kInvalidArgument,
-        "arguments must be a map (keywords), an array (positional) or null"));
+  absl::StatusOr<std::string> encoded = EncodeArgs(args);
+  if (!encoded.ok()) {
+    return Call::Failed(encoded.status());
   }
-  std::string encoded;
-  if (!args.is_null()) {
-    absl::StatusOr<std::string> bytes = EncodeValue(args);
-    if (!bytes.ok()) {
-      return Call::Failed(bytes.status());
-    }
-    encoded = std::move(*bytes);
+  return core_->Submit(function, std::move(*encoded), nullptr, options);
+}
+
+Call Pool::SubmitAndWait(
+    std::string_view function, std::string args_msgpack,
+    const CallOptions& options, absl::Duration wait,
+    const std::function<void(const Call&)>& on_submitted) {
+  Call call = core_->Submit(function, std::move(args_msgpack), nullptr,
+                            options, /*reserve=*/true);
+  if (on_submitted) {
+    on_submitted(call);
   }
-  return core_->Submit(function, std::move(encoded), nullptr, options);
+  // QueueWait is zero until the call is sent: a queued call is not
+  // waited for.
+  if (wait > absl::ZeroDuration() && call.QueueWait() > absl::ZeroDuration()) {
+    call.WaitFor(wait);
+  }
+  core_->ReleaseReservation(call.state_);
+  return call;
 }
 
 Call Pool::SubmitRaw(std::string_view function, std::string&& args_msgpack,
@@ -173,10 +199,27 @@ Call Pool::SubmitRaw(std::string_view function,
   return core_->Submit(function, "", &args_msgpack, options);
 }
 
+Call Pool::SubmitRawAndWait(
+    std::string_view function, std::string&& args_msgpack,
+    const CallOptions& options, absl::Duration wait,
+    const std::function<void(const Call&)>& on_submitted) {
+  if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
+    return Call::Failed(ok);
+  }
+  return SubmitAndWait(function, std::move(args_msgpack), options, wait,
+                       on_submitted);
+}
+
 absl::StatusOr<Value> Pool::Invoke(std::string_view function,
                                    const Value& args,
                                    const CallOptions& options) {
-  return Submit(function, args, options).Get();
+  absl::StatusOr<std::string> encoded = EncodeArgs(args);
+  if (!encoded.ok()) {
+    return encoded.status();
+  }
+  return SubmitAndWait(function, std::move(*encoded), options,
+                       absl::InfiniteDuration(), nullptr)
+      .Get();
 }
 
 std::vector<FunctionInfo> Pool::Functions() const {

@@ -259,6 +259,88 @@ TEST(PoolTest, CompletionCallbackRunsOnce) {
   EXPECT_EQ(runs.load(), 2);
 }
 
+// The msgpack of {"a": a}.
+std::string AddArgs(int a) { return *EncodeValue(Value{{"a", a}}); }
+
+TEST(PoolTest, SubmitRawAndWaitReturnsAQuickCallDone) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  for (int i = 0; i < 50; ++i) {
+    Call call = pool->SubmitRawAndWait("faults.add", AddArgs(i), {},
+                                       absl::Seconds(5));
+    ASSERT_TRUE(call.Done());
+    EXPECT_EQ(*call.Get(), i);
+  }
+}
+
+TEST(PoolTest, SubmitRawAndWaitHandsALongCallBackToThePool) {
+  // Past the wait, the reply is the pool's to read again: the completion
+  // callback fires without any thread waiting on the call.
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string args = *EncodeValue(Value{{"seconds", 0.3}});
+  Call call = pool->SubmitRawAndWait("faults.sleep", std::move(args), {},
+                                     absl::Milliseconds(10));
+  EXPECT_FALSE(call.Done());
+  std::atomic<bool> fired{false};
+  call.OnComplete([&](const absl::Status& s) { fired = s.ok(); });
+  absl::Time limit = absl::Now() + absl::Seconds(5);
+  while (!fired.load() && absl::Now() < limit) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(fired.load());
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 2}}), 2);
+}
+
+TEST(PoolTest, SubmitRawAndWaitNeverWaitsForAQueuedCall) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  Call blocker = pool->Submit("faults.sleep", {{"seconds", 0.3}});
+  absl::Time start = absl::Now();
+  Call queued = pool->SubmitRawAndWait("faults.add", AddArgs(7), {},
+                                       absl::Seconds(5));
+  EXPECT_LT(SecondsSince(start), 0.2);
+  EXPECT_FALSE(queued.Done());
+  EXPECT_EQ(*queued.Get(), 7);
+  EXPECT_TRUE(blocker.Get().ok());
+}
+
+TEST(PoolTest, SubmitRawAndWaitCancelFromOnSubmitted) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string args = *EncodeValue(Value{{"seconds", 5.0}});
+  absl::Time start = absl::Now();
+  Call call = pool->SubmitRawAndWait(
+      "faults.sleep", std::move(args), {}, absl::Seconds(10),
+      [](const Call& submitted) { submitted.Cancel(); });
+  EXPECT_TRUE(call.Done());
+  EXPECT_EQ(call.Get().status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(SecondsSince(start), 4.0);
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 3}}), 3);
+}
+
+TEST(PoolTest, SubmitRawAndWaitSeesItsWorkerDie) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  std::string args = *EncodeValue(Value{{"after", 0.05}});
+  absl::Time start = absl::Now();
+  Call call = pool->SubmitRawAndWait("faults.kill_self", std::move(args), {},
+                                     absl::Seconds(10));
+  EXPECT_TRUE(call.Done());
+  EXPECT_LT(SecondsSince(start), 5.0);
+  EXPECT_FALSE(call.Get().ok());
+  EXPECT_TRUE(AwaitFullSize(*pool, 1));
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 4}}), 4);
+}
+
+TEST(PoolTest, SubmitRawAndWaitRefusesArgumentsThatAreNotAMapOrArray) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  Call call = pool->SubmitRawAndWait("faults.add", std::string("\x05"), {},
+                                     absl::Seconds(1));
+  EXPECT_EQ(ReasonOf(call.Get().status()), "invalid_argument");
+}
+
 TEST(PoolTest, GeneratorStreamsFirstChunkPromptly) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);

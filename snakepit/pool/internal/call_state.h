@@ -45,6 +45,10 @@ struct CallState {
   std::string args;      // msgpack; owned by the pool until sent
   std::string session;   // empty: none
   Affinity affinity = Affinity::kHint;
+  // The serial of the worker whose channel the submitting thread holds
+  // for this call's reply (PoolCore::Submit with `reserve`); 0: none.
+  // Guarded by the pool's mu_.
+  uint32_t reserved_reader = 0;
 
   // Guarded by mu.
   std::mutex mu;

@@ -258,7 +258,7 @@ std::shared_ptr<PoolCore::Worker> PoolCore::Find(uint32_t serial) {
 
 Call PoolCore::Submit(std::string_view function, std::string args,
                       const std::string* borrowed,
-                      const CallOptions& options) {
+                      const CallOptions& options, bool reserve) {
   absl::Time deadline = options.timeout == absl::InfiniteDuration()
                             ? absl::InfiniteFuture()
                             : absl::Now() + options.timeout;
@@ -304,7 +304,7 @@ Call PoolCore::Submit(std::string_view function, std::string args,
     return Call::Failed(placed);
   }
   if (w) {
-    SendCall(w, call, borrowed);
+    SendCall(w, call, borrowed, reserve);
   }
   if (deadline != absl::InfiniteFuture() &&
       absl::ToUnixNanos(deadline) < next_wake_ns_.load()) {
@@ -562,7 +562,24 @@ void PoolCore::SendCalls(const std::shared_ptr<Worker>& w,
 
 void PoolCore::SendCall(const std::shared_ptr<Worker>& w,
                         const std::shared_ptr<CallState>& call,
-                        const std::string* borrowed) {
+                        const std::string* borrowed, bool reserve) {
+  // A worker on this CPU may answer before Submit returns; its reply must
+  // not wake the I/O thread when this thread is about to read it anyway.
+  if (reserve) {
+    bool took = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!w->reader_busy && w->channel_open.load() && !stop_.load()) {
+        w->reader_busy = true;
+        call->reserved_reader = w->serial;
+        took = true;
+      }
+    }
+    if (took) {
+      SetChannelInterest(*w, false);
+    }
+  }
+
   protocol::HeaderWriter header;
   bool bounded = call->deadline != absl::InfiniteFuture();
   bool in_session = !call->session.empty();
@@ -800,27 +817,52 @@ void PoolCore::OnChannelEvent(const std::shared_ptr<Worker>& w,
 
 bool PoolCore::DrivingOnThisThread() const { return driving == this; }
 
+std::shared_ptr<PoolCore::Worker> PoolCore::TakeReservation(
+    CallState& call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint32_t serial = std::exchange(call.reserved_reader, 0);
+  if (serial == 0) {
+    return nullptr;
+  }
+  // A worker whose reader is held is not removed (OnExit waits for it).
+  auto it = workers_.find(serial);
+  return it == workers_.end() ? nullptr : it->second;
+}
+
+void PoolCore::ReleaseReservation(const std::shared_ptr<CallState>& call) {
+  std::shared_ptr<Worker> w = TakeReservation(*call);
+  if (!w) {
+    return;
+  }
+  ReleaseReader(w);
+  if (w->channel_open.load()) {
+    SetChannelInterest(*w, true);
+  }
+}
+
 void PoolCore::Drive(const std::shared_ptr<CallState>& call,
                      absl::Time until) {
-  std::shared_ptr<Worker> w;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [serial, candidate] : workers_) {
-      if (RunningLocked(*candidate, call->id) == call) {
-        w = candidate;
-        break;
+  std::shared_ptr<Worker> w = TakeReservation(*call);
+  if (!w) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [serial, candidate] : workers_) {
+        if (RunningLocked(*candidate, call->id) == call) {
+          w = candidate;
+          break;
+        }
       }
+      if (!w || w->reader_busy || !w->channel_open.load() || stop_.load()) {
+        return;
+      }
+      w->reader_busy = true;
     }
-    if (!w || w->reader_busy || !w->channel_open.load() || stop_.load()) {
-      return;
-    }
-    w->reader_busy = true;
+    // While this thread reads the channel, the I/O thread is not woken
+    // for it: a wakeup per call on the same CPU would cost more than the
+    // two epoll_ctl calls. Re-arming at the end raises an event at once
+    // if bytes are left, so nothing is stranded.
+    SetChannelInterest(*w, false);
   }
-  // While this thread reads the channel, the I/O thread is not woken for
-  // it: a wakeup per call on the same CPU would cost more than the two
-  // epoll_ctl calls. Re-arming at the end raises an event at once if
-  // bytes are left, so nothing is stranded.
-  SetChannelInterest(*w, false);
   {
     std::lock_guard<std::mutex> lock(call->mu);
     call->driver_wake = w->interrupt;

@@ -70,8 +70,17 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // `borrowed` is not null, with `*borrowed`, which is read only before
   // Submit returns: written straight to an idle worker, or copied into
   // the call when it must wait in the queue.
+  //
+  // With `reserve`, a call written to a worker at once leaves the worker's
+  // reply to this thread from that moment: the caller must then Drive the
+  // call and, whatever happens, ReleaseReservation it.
   Call Submit(std::string_view function, std::string args,
-              const std::string* borrowed, const CallOptions& options);
+              const std::string* borrowed, const CallOptions& options,
+              bool reserve = false);
+
+  // Gives back the reading a Submit with `reserve` kept and Drive did not
+  // take. No-op otherwise.
+  void ReleaseReservation(const std::shared_ptr<CallState>& call);
 
   // Called by a thread about to wait for `call`: if the call runs on a
   // worker whose channel no one is reading, this thread reads it itself
@@ -231,9 +240,13 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   void SendCalls(const std::shared_ptr<Worker>& w, const CallList& calls);
   // Writes `call` to `w`, with `*borrowed` as its arguments when not
   // null, else the call's own.
+  // With `reserve`, this thread keeps the reading of `w`'s channel for
+  // the reply (see Submit).
   void SendCall(const std::shared_ptr<Worker>& w,
                 const std::shared_ptr<CallState>& call,
-                const std::string* borrowed = nullptr);
+                const std::string* borrowed = nullptr, bool reserve = false);
+  // Takes the worker whose reading `call` reserved, or null.
+  std::shared_ptr<Worker> TakeReservation(CallState& call);
   // Gives up on call `id` of `w`: asks the worker to cancel it, and kills
   // the worker if it has not answered within cancel_grace.
   void AbandonLocked(Worker& w, uint64_t id);
