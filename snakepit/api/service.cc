@@ -254,15 +254,15 @@ namespace {
 // done (answered or cancelled). It deletes itself once the last two are
 // back; a pool thread reaches it only until it has called Finish.
 //
-// TODO(#3): a small call through the node still costs about 2.2x a bare
-// C++ gRPC echo over TCP and 2.0x over a unix socket on one CPU (1.3x is
+// TODO(#6): a small call through the node still costs about 1.7x a bare
+// C++ gRPC echo over TCP and 1.6x over a unix socket on one CPU (1.3x is
 // the aim; docs/architecture.md has the measurements). Left: the callback
-// API's own threads, which the other methods and the health service keep
-// polling (about 4 us a call: serve every method and health on this
-// API); a reply the pool's I/O thread reads when the worker preempts this
-// thread before it starts driving (a Submit that keeps the right to read
-// the reply would avoid it); and the pool call itself, about 38 us inside
-// the node on one CPU against 10.5 us in pool_bench alone.
+// API's own polling threads, which the other methods and the health
+// service keep alive and which take the request and wake this thread
+// (about 4.5 us a call: serve every method and health on this API), and
+// the worker round trip, about 20 us inside the node on one CPU against
+// 7.5 us in pool_bench alone, which scheduler traces put down to those
+// threads preempting the worker.
 class UnaryCall {
  public:
   enum class Event { kArrived, kFinished, kDone };
