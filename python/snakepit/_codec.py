@@ -261,7 +261,7 @@ class BuiltinCodec(Codec):
         if native is not None:
             try:
                 return native.decode(data, self.max_depth)
-            except ValueError:
+            except (TypeError, ValueError):
                 pass  # Not its subset: the decoder below tells.
         return _Decoder(data, self.max_depth).run()
 
@@ -323,7 +323,7 @@ class MsgpackCodec(Codec):
         if len(data) >= _NATIVE_DECODE_MIN and native is not None:
             try:
                 return native.decode(data, self.max_depth)
-            except ValueError:
+            except (TypeError, ValueError):
                 pass  # Not its subset: the general decode tells.
         try:
             value = self._unpackb(data, raw=False, strict_map_key=False,

@@ -468,14 +468,7 @@ class Worker:
             except BaseException as exc:
                 self._send_exception(call_id, exc)
                 continue
-            body = None
-            cls = type(result)
-            if (cls is not bytes and cls is not bytearray) or len(
-                    result) < _BIG_RESULT:
-                try:
-                    body = encode(result)
-                except Exception:
-                    pass
+            body = _small_result(result, encode)
             if body is None or len(body) > max_payload:
                 self._send_value(_RESULT, call_id, result)
                 continue
@@ -709,14 +702,7 @@ class Worker:
         # The common case in one step: a result that encodes within the
         # limit. The general path handles encoding errors, the limit, and
         # large bytes (sent without a copy).
-        body = None
-        cls = type(result)
-        if (cls is not bytes and cls is not bytearray) or len(
-                result) < _BIG_RESULT:
-            try:
-                body = self._codec.encode(result)
-            except EncodeError:
-                pass
+        body = _small_result(result, self._codec.encode)
         if body is not None and len(body) <= self._options.max_payload:
             self._current = None  # see _send
             if self._running:
@@ -1340,6 +1326,20 @@ def _flush_stdio() -> None:
             stream.flush()
         except Exception:
             pass
+
+
+def _small_result(result: Any, encode: Callable[[Any], bytes]
+                  ) -> Optional[bytes]:
+    """`result` encoded by `encode`, or None when it is large bytes (sent
+    without a copy by the general path) or `encode` fails (the general
+    path then says why)."""
+    cls = type(result)
+    if (cls is bytes or cls is bytearray) and len(result) >= _BIG_RESULT:
+        return None
+    try:
+        return encode(result)
+    except Exception:
+        return None
 
 
 def _body_bytes(frame: Frame) -> bytes:
