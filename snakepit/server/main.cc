@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "snakepit/base/log.h"
 #include "snakepit/base/log_format.h"
 #include "snakepit/base/status.h"
@@ -33,6 +34,10 @@ std::vector<std::string> Environment() {
 int main(int argc, char** argv) {
   // Before any thread exists, so all of them inherit the mask.
   snakepit::server::BlockShutdownSignals();
+  // Debian's absl checks every absl::Mutex (gRPC's locks among them) for
+  // lock-order cycles, a debugging aid that showed in every call's
+  // profile; the node does not rely on it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   CLI::App app{"snakepitd: serves pools of Python workers over gRPC"};
   std::string config_file;
