@@ -255,14 +255,12 @@ namespace {
 // back; a pool thread reaches it only until it has called Finish.
 //
 // TODO(#6): a small call through the node still costs about 1.7x a bare
-// C++ gRPC echo over TCP and 1.6x over a unix socket on one CPU (1.3x is
-// the aim; docs/architecture.md has the measurements). Left: the callback
-// API's own polling threads, which the other methods and the health
-// service keep alive and which take the request and wake this thread
-// (about 4.5 us a call: serve every method and health on this API), and
-// the worker round trip, about 20 us inside the node on one CPU against
-// 7.5 us in pool_bench alone, which scheduler traces put down to those
-// threads preempting the worker.
+// C++ gRPC echo over TCP and 1.5x over a unix socket on one CPU (1.3x is
+// the aim; docs/architecture.md has the measurements). What is left is
+// thread handoffs: the request is read by whichever service thread polls
+// gRPC and handed to the one that asked for it, and the other preempts
+// the worker to poll again, so the worker round trip costs about 20 us
+// here against 7.5 us in pool_bench alone.
 class UnaryCall {
  public:
   enum class Event { kArrived, kFinished, kDone };
