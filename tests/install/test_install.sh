@@ -18,4 +18,10 @@ cd "$prefix"
 SNAKEPIT_PYTHON=/usr/bin/python3 "$prefix/example" \
   "$source/examples/lab.py" >"$prefix/out.txt"
 grep -q . "$prefix/out.txt"
+# The runtime's C half, when the build made it, is installed beside the
+# package, where workers of the installed runtime import it.
+if compgen -G "$build/python/_snakepit_native*.so" >/dev/null; then
+  PYTHONPATH="$prefix/share/snakepit/python" /usr/bin/python3 -c \
+    "import snakepit._accel as a; assert a.native is not None, 'no C half'"
+fi
 echo "install: built and ran the example against $prefix"
