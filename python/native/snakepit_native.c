@@ -38,6 +38,9 @@ enum {
   kPrefixLen = 20,
   kCall = 10,
   kResult = 11,
+  /* Longer headers are a protocol error, which the general path reports
+   * (MAX_HEADER_LEN in snakepit/_protocol.py). */
+  kMaxHeaderLen = 1 << 20,
   /* Bytes results from this size on go to the general path, which sends
    * them without a copy. Matches _BIG_RESULT in _worker.py. */
   kBigResult = 64 * 1024,
@@ -684,7 +687,8 @@ static int serve_one(Loop* loop, Py_ssize_t got) {
   call_id = le64toh(call_id);
   uint64_t total = (uint64_t)kPrefixLen + header_len + body_len;
   if (total != (uint64_t)got || body_len == 0 ||
-      body_len > (uint64_t)loop->max_payload) {
+      body_len > (uint64_t)loop->max_payload ||
+      header_len > kMaxHeaderLen) {
     return 0;
   }
 
