@@ -38,6 +38,9 @@ enum {
   kPrefixLen = 20,
   kCall = 10,
   kResult = 11,
+  /* Longer headers are a protocol error, which the general path reports
+   * (MAX_HEADER_LEN in snakepit/_protocol.py). */
+  kMaxHeaderLen = 1 << 20,
   /* Bytes results from this size on go to the general path, which sends
    * them without a copy. Matches _BIG_RESULT in _worker.py. */
   kBigResult = 64 * 1024,
@@ -477,11 +480,16 @@ typedef struct {
 
 enum { kHostGone = -1, kError = -2 };
 
-/* Receives into the buffer with the GIL released; Python signal handlers
- * run on EINTR, as in socket.recv_into. Returns the count, kHostGone, or
- * kError with an exception set (a handler raised). */
+/* Receives into the buffer with the GIL released. Python signal handlers
+ * run before each wait and on EINTR: a signal that came while this thread
+ * ran C code (one that ended a sendmsg early, say) must not wait for the
+ * next frame, as the Python loop's bytecode would not let it. Returns the
+ * count, kHostGone, or kError with an exception set (a handler raised). */
 static Py_ssize_t receive(Loop* loop) {
   for (;;) {
+    if (PyErr_CheckSignals() < 0) {
+      return kError;
+    }
     ssize_t got;
     Py_BEGIN_ALLOW_THREADS
     got = recv(loop->fd, loop->buf, (size_t)loop->cap, 0);
@@ -491,9 +499,6 @@ static Py_ssize_t receive(Loop* loop) {
     }
     if (got == 0 || errno != EINTR) {
       return kHostGone;
-    }
-    if (PyErr_CheckSignals() < 0) {
-      return kError;
     }
   }
 }
@@ -537,6 +542,12 @@ static int send_result(Loop* loop, uint64_t call_id) {
       continue;
     }
     left -= (size_t)sent;
+    /* A signal ends a blocked sendmsg early rather than with EINTR once
+     * part is sent; its handler runs before the next wait, as between
+     * the Python sender's calls. */
+    if (left > 0 && PyErr_CheckSignals() < 0) {
+      status = kError;
+    }
     for (int i = 0; i < 2 && sent > 0; ++i) {
       size_t step = (size_t)sent < iov[i].iov_len ? (size_t)sent
                                                    : iov[i].iov_len;
@@ -676,7 +687,8 @@ static int serve_one(Loop* loop, Py_ssize_t got) {
   call_id = le64toh(call_id);
   uint64_t total = (uint64_t)kPrefixLen + header_len + body_len;
   if (total != (uint64_t)got || body_len == 0 ||
-      body_len > (uint64_t)loop->max_payload) {
+      body_len > (uint64_t)loop->max_payload ||
+      header_len > kMaxHeaderLen) {
     return 0;
   }
 

@@ -67,7 +67,8 @@ from snakepit._codec import (DEFAULT_MAX_DEPTH, DecodeError, EncodeError,
                              new_codec, safe_text, within_depth)
 from snakepit._context import CallState, Context, LogSink
 from snakepit._protocol import (CHANNEL_FD, CONTROL_FD, DEFAULT_MAX_PAYLOAD,
-                                MAX_BODY_LEN, MAX_HEADER_DEPTH, PREFIX,
+                                MAX_BODY_LEN, MAX_HEADER_DEPTH,
+                                MAX_HEADER_LEN, PREFIX,
                                 PROTOCOL_VERSION,
                                 ChannelClosed, Frame, FrameReader,
                                 FrameType, FrameWriter, ProtocolError, Reason,
@@ -423,7 +424,8 @@ class Worker:
                 buf)
             body_start = _PREFIX_LEN + header_len
             if (ftype != _CALL or flags or got != body_start + body_len
-                    or body_len > max_payload or not body_len):
+                    or body_len > max_payload or not body_len
+                    or header_len > MAX_HEADER_LEN):
                 break
             if body_start != header_end or not buf.startswith(
                     header, _PREFIX_LEN):

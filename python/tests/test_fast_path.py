@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import os
 import random
+import select
+import signal
+import socket
 import struct
+import tempfile
 import time
 import unittest
 from typing import Any, List, Tuple
 
-from tests.test_worker import (CALL, CANCEL, CODEC, ERROR, GOODBYE, LOG, MOD,
+from tests.test_worker import (CALL, CANCEL, CODEC, ERROR, FATAL, GOODBYE,
+                               LOG, MOD,
                                PREFIX, RESULT, TIMEOUT, Frame, Worker,
                                WorkerTestCase, send_frame)
 
@@ -180,6 +185,49 @@ class EdgesTest(WorkerTestCase):
             self.assertEqual(frame.type, LOG)
             logs += 1
         self.assertEqual(frame.id, 999)
+
+    def test_signal_during_a_partial_send_is_handled_at_once(self) -> None:
+        # A Python signal handler runs as soon as the main thread is back
+        # in Python code; the loop must not sit in recv() with a handler
+        # pending (a SIGTERM handler would then only run at the next CALL).
+        marker = os.path.join(tempfile.mkdtemp(), "marker")
+        self.worker.result(f"{MOD}.mark_on_sigusr1", [marker])
+        # 4 MB cannot fit in the socket buffer: the worker blocks in
+        # sendmsg with part of the frame sent, and the signal then ends
+        # that sendmsg early instead of failing it with EINTR.
+        self.worker.call(f"{MOD}.text", [4 << 20], fid=2)
+        readable, _, _ = select.select([self.worker.chan], [], [], TIMEOUT)
+        self.assertTrue(readable)
+        time.sleep(0.2)
+        os.kill(self.worker.pid, signal.SIGUSR1)
+        self.assertEqual(len(self.worker.finish(2).value()), 4 << 20)
+        deadline = time.monotonic() + 5
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(os.path.exists(marker),
+                        "the SIGUSR1 handler had not run 5 s after the "
+                        "result was sent")
+
+    def test_header_over_the_limit_is_refused_in_a_grown_buffer(
+            self) -> None:
+        # The general path refuses a header over MAX_HEADER_LEN (1 MiB)
+        # with FATAL protocol_error; so must the fast loop when a big
+        # earlier call grew the buffer enough to take such a frame whole.
+        chan = self.worker.chan
+        chan.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.assertEqual(
+            self.worker.result(f"{MOD}.length", [b"z" * (3 << 20)]), 3 << 20)
+        head = CODEC.encode({"fn": f"{MOD}.add", "pad": "x" * (1 << 20)})
+        body = CODEC.encode([1, 2])
+        # Queued whole while the worker sleeps, so one recv takes it all.
+        self.worker.call(f"{MOD}.pause", [0.5], fid=2)
+        self.worker.wait_busy()
+        chan.sendall(PREFIX.pack(CALL, 0, 0, len(head), len(body), 3)
+                     + head + body)
+        self.assertEqual(self.worker.finish(2).value(), 0.5)
+        frame = self.worker.recv()
+        self.assertEqual((frame.type, frame.header.get("reason")),
+                         (FATAL, "protocol_error"), frame)
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "snakepit/base/status.h"
@@ -339,6 +340,63 @@ TEST(PoolTest, SubmitRawAndWaitRefusesArgumentsThatAreNotAMapOrArray) {
   Call call = pool->SubmitRawAndWait("faults.add", std::string("\x05"), {},
                                      absl::Seconds(1));
   EXPECT_EQ(ReasonOf(call.Get().status()), "invalid_argument");
+}
+
+TEST(PoolTest, SubmitRawAndWaitFromManyThreadsAtOnce) {
+  auto pool = StartPool(2);
+  ASSERT_TRUE(pool);
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i) {
+        int a = t * 1000 + i;
+        Call call = pool->SubmitRawAndWait("faults.add", AddArgs(a), {},
+                                           absl::Seconds(5));
+        absl::StatusOr<Value> got = call.Get();
+        if (!got.ok() || *got != a) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) {
+    thread.join();
+  }
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 1}}), 1);
+}
+
+TEST(PoolTest, SubmitRawAndWaitEndsWhenThePoolShutsDown) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::Time start = absl::Now();
+  std::thread shutdown([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    pool->Shutdown(absl::ZeroDuration(), absl::Seconds(1));
+  });
+  std::string args = *EncodeValue(Value{{"seconds", 30.0}});
+  Call call = pool->SubmitRawAndWait("faults.sleep", std::move(args), {},
+                                     absl::Seconds(20));
+  shutdown.join();
+  EXPECT_TRUE(call.Done());
+  EXPECT_FALSE(call.Get().ok());
+  EXPECT_LT(SecondsSince(start), 10.0);
+}
+
+TEST(PoolTest, SubmitRawAndWaitKeepsTheDeadline) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  absl::Time start = absl::Now();
+  CallOptions options;
+  options.timeout = absl::Milliseconds(200);
+  std::string args = *EncodeValue(Value{{"seconds", 10.0}});
+  Call call = pool->SubmitRawAndWait("faults.sleep", std::move(args),
+                                     options, absl::Seconds(20));
+  EXPECT_EQ(ReasonOf(call.Get().status()), "deadline_exceeded");
+  EXPECT_LT(SecondsSince(start), 8.0);
+  EXPECT_TRUE(AwaitFullSize(*pool, 1));
+  EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 5}}), 5);
 }
 
 TEST(PoolTest, GeneratorStreamsFirstChunkPromptly) {
