@@ -286,6 +286,7 @@ class Worker:
             "python": platform.python_version(),
             "runtime": __version__,
             "codec": self._codec.name,
+            "small_calls": self._small_call_loop(),
         })
         # A zygote's child is prepared already (snakepit._zygote).
         if self._zygote_pid is None and not _prepare_process():
@@ -299,6 +300,14 @@ class Worker:
             "max_concurrency": self._concurrency,
         })
         return self._serve()
+
+    def _small_call_loop(self) -> str:
+        """Which loop serves small calls of plain functions: "c"
+        (_snakepit_native), "python", or "none" (several calls at once
+        take the general path)."""
+        if self._concurrency > 1:
+            return "none"
+        return "python" if _native is None else "c"
 
     # Start-up ----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ FIXTURES_DIR = TESTS_DIR / "fixtures"
 sys.path.insert(0, str(PYTHON_DIR))
 
 import snakepit  # noqa: E402
-from snakepit import _codec  # noqa: E402
+from snakepit import _accel, _codec  # noqa: E402
 
 TIMEOUT = 15.0
 PREFIX = struct.Struct("<BBHIIQ")
@@ -301,6 +301,7 @@ class HandshakeTest(WorkerTestCase):
             "python": platform.python_version(),
             "runtime": snakepit.__version__,
             "codec": "msgpack" if _codec.HAVE_MSGPACK else "builtin",
+            "small_calls": "python" if _accel.native is None else "c",
         })
 
     def test_hello_and_pong_come_during_a_slow_import(self) -> None:

@@ -59,9 +59,13 @@ absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
   return spec;
 }
 
-// Checks raw arguments: empty (none), or one msgpack map or array.
+// msgpack nil: no arguments, as Submit with a null Value.
+constexpr std::string_view kNil = "\xc0";
+
+// Checks raw arguments: empty or nil (none), or one msgpack map or
+// array.
 absl::Status CheckRawArgs(const std::string& args_msgpack) {
-  if (args_msgpack.empty()) {
+  if (args_msgpack.empty() || args_msgpack == kNil) {
     return absl::OkStatus();
   }
   absl::Status ok = CheckMsgpack(args_msgpack, kDefaultMaxDepth, false);
@@ -166,9 +170,10 @@ Call Pool::Submit(std::string_view function, const Value& args,
 
 Call Pool::SubmitAndWait(
     std::string_view function, std::string args_msgpack,
-    const CallOptions& options, absl::Duration wait,
+    const std::string* borrowed, const CallOptions& options,
+    absl::Duration wait,
     const std::function<void(const Call&)>& on_submitted) {
-  Call call = core_->Submit(function, std::move(args_msgpack), nullptr,
+  Call call = core_->Submit(function, std::move(args_msgpack), borrowed,
                             options, /*reserve=*/true);
   if (on_submitted) {
     on_submitted(call);
@@ -187,6 +192,9 @@ Call Pool::SubmitRaw(std::string_view function, std::string&& args_msgpack,
   if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
     return Call::Failed(ok);
   }
+  if (args_msgpack == kNil) {
+    args_msgpack.clear();
+  }
   return core_->Submit(function, std::move(args_msgpack), nullptr, options);
 }
 
@@ -195,6 +203,9 @@ Call Pool::SubmitRaw(std::string_view function,
                      const CallOptions& options) {
   if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
     return Call::Failed(ok);
+  }
+  if (args_msgpack == kNil) {
+    return core_->Submit(function, "", nullptr, options);
   }
   return core_->Submit(function, "", &args_msgpack, options);
 }
@@ -206,8 +217,23 @@ Call Pool::SubmitRawAndWait(
   if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
     return Call::Failed(ok);
   }
-  return SubmitAndWait(function, std::move(args_msgpack), options, wait,
-                       on_submitted);
+  if (args_msgpack == kNil) {
+    args_msgpack.clear();
+  }
+  return SubmitAndWait(function, std::move(args_msgpack), nullptr, options,
+                       wait, on_submitted);
+}
+
+Call Pool::SubmitRawAndWait(
+    std::string_view function, const std::string& args_msgpack,
+    const CallOptions& options, absl::Duration wait,
+    const std::function<void(const Call&)>& on_submitted) {
+  if (absl::Status ok = CheckRawArgs(args_msgpack); !ok.ok()) {
+    return Call::Failed(ok);
+  }
+  bool none = args_msgpack == kNil;
+  return SubmitAndWait(function, "", none ? nullptr : &args_msgpack, options,
+                       wait, on_submitted);
 }
 
 absl::StatusOr<Value> Pool::Invoke(std::string_view function,
@@ -217,7 +243,7 @@ absl::StatusOr<Value> Pool::Invoke(std::string_view function,
   if (!encoded.ok()) {
     return encoded.status();
   }
-  return SubmitAndWait(function, std::move(*encoded), options,
+  return SubmitAndWait(function, std::move(*encoded), nullptr, options,
                        absl::InfiniteDuration(), nullptr)
       .Get();
 }

@@ -182,7 +182,8 @@ class Pool {
   Call Submit(std::string_view function, const Value& args,
               const CallOptions& options = {});
 
-  // As Submit, with the arguments already encoded as msgpack.
+  // As Submit, with the arguments already encoded as msgpack: a map, an
+  // array, or nil or nothing for none.
   Call SubmitRaw(std::string_view function, std::string&& args_msgpack,
                  const CallOptions& options = {});
 
@@ -196,8 +197,9 @@ class Pool {
 
   // SubmitRaw for a caller that waits for the call on this thread at
   // once. `on_submitted` (if set) runs with the call as soon as it is
-  // submitted, to publish it (for a cancel from another thread, say);
-  // then, when the call went to a worker at once, this thread waits for
+  // submitted, to publish it (for a cancel from another thread, say); it
+  // runs while the reply is kept for this thread, so it must return
+  // promptly and must not wait on the pool (Get, Shutdown). Then, when the call went to a worker at once, this thread waits for
   // up to `wait` for it to end (a queued call has a wait ahead, and is
   // not waited for). The worker's reply is this thread's to read from the
   // moment the call is written, so a worker that answers before the wait
@@ -206,6 +208,12 @@ class Pool {
   // whether it has ended.
   Call SubmitRawAndWait(
       std::string_view function, std::string&& args_msgpack,
+      const CallOptions& options, absl::Duration wait,
+      const std::function<void(const Call&)>& on_submitted = nullptr);
+  // As above, for arguments the caller keeps (read as SubmitRaw reads
+  // them: no copy when a worker is free).
+  Call SubmitRawAndWait(
+      std::string_view function, const std::string& args_msgpack,
       const CallOptions& options, absl::Duration wait,
       const std::function<void(const Call&)>& on_submitted = nullptr);
 
@@ -233,9 +241,11 @@ class Pool {
  private:
   explicit Pool(std::shared_ptr<internal::PoolCore> core);
 
-  // SubmitRawAndWait without the check of the arguments.
+  // SubmitRawAndWait after the check of the arguments: `args_msgpack`,
+  // or `*borrowed` when not null.
   Call SubmitAndWait(std::string_view function, std::string args_msgpack,
-                     const CallOptions& options, absl::Duration wait,
+                     const std::string* borrowed, const CallOptions& options,
+                     absl::Duration wait,
                      const std::function<void(const Call&)>& on_submitted);
 
   std::shared_ptr<internal::PoolCore> core_;

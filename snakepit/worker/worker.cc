@@ -70,23 +70,45 @@ absl::Status ResolveModules(const std::vector<std::string>& modules,
 }
 
 absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured) {
-  std::vector<std::string> candidates;
-  if (!configured.empty()) {
-    candidates.push_back(configured);
+  // A folder the caller names is used or refused, never passed over.
+  std::string named = configured;
+  const char* env = std::getenv("SNAKEPIT_RUNTIME_DIR");
+  if (named.empty() && env != nullptr && *env) {
+    named = env;
   }
-  if (const char* env = std::getenv("SNAKEPIT_RUNTIME_DIR"); env && *env) {
-    candidates.push_back(env);
+  if (!named.empty()) {
+    if (HasRuntime(named)) {
+      return named;
+    }
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, "runtime_not_found",
+        absl::StrCat("no snakepit Python runtime in ", named, " (from ",
+                     configured.empty() ? "SNAKEPIT_RUNTIME_DIR"
+                                        : "PoolOptions::runtime_dir",
+                     "): it must hold snakepit/_worker.py"));
   }
+
   // An installed program finds the runtime of its own prefix, wherever
-  // the prefix was put; a program in the build tree, the source tree.
+  // the prefix was put; a program of the build tree, the source tree;
+  // any other program, the installed runtime first, which a source tree
+  // left behind must not shadow.
+  std::vector<std::string> candidates;
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
     candidates.push_back(
         (exe.parent_path().parent_path() / "share/snakepit/python").string());
   }
-  candidates.push_back(SNAKEPIT_SOURCE_RUNTIME_DIR);
-  candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
+  fs::path build = fs::path(SNAKEPIT_NATIVE_BUILD_DIR).parent_path();
+  bool in_build_tree =
+      !ec && exe.string().rfind(build.string() + "/", 0) == 0;
+  if (in_build_tree) {
+    candidates.push_back(SNAKEPIT_SOURCE_RUNTIME_DIR);
+    candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
+  } else {
+    candidates.push_back(SNAKEPIT_INSTALLED_RUNTIME_DIR);
+    candidates.push_back(SNAKEPIT_SOURCE_RUNTIME_DIR);
+  }
   for (const std::string& dir : candidates) {
     if (HasRuntime(dir)) {
       return dir;

@@ -46,8 +46,10 @@ absl::Status ResolveModules(const std::vector<std::string>& modules,
                             std::vector<std::string>* search_paths);
 
 // The folder holding the snakepit Python package: `configured` when set,
-// else $SNAKEPIT_RUNTIME_DIR, else the installed copy, else the source
-// tree this binary was built from.
+// else $SNAKEPIT_RUNTIME_DIR (either must hold the runtime, or this fails
+// with runtime_not_found); else the runtime of the program's own prefix;
+// else, for a program of the build tree, the source tree and then the
+// installed copy, and for any other program the other way round.
 absl::StatusOr<std::string> FindRuntimeDir(const std::string& configured);
 
 // The worker's argv and environment; see docs/protocol.md, "Handshake".

@@ -320,6 +320,29 @@ TEST(PoolTest, SubmitRawAndWaitCancelFromOnSubmitted) {
   EXPECT_EQ(*pool->Invoke("faults.add", {{"a", 3}}), 3);
 }
 
+TEST(PoolTest, RawNilArgumentsMeanNoneLikeANullValue) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  const std::string nil = "\xc0";
+  EXPECT_EQ(*pool->SubmitRaw("faults.pid", nil).Get(),
+            *pool->Submit("faults.pid", nullptr).Get());
+  EXPECT_TRUE(pool->SubmitRaw("faults.pid", std::string(nil)).Get().ok());
+  EXPECT_TRUE(pool->SubmitRawAndWait("faults.pid", nil, {}, absl::Seconds(5))
+                  .Get()
+                  .ok());
+  EXPECT_EQ(ReasonOf(pool->SubmitRaw("faults.nope", nil).Get().status()),
+            "unknown_function");
+}
+
+TEST(PoolTest, SubmitRawAndWaitReadsKeptArgumentsWithoutTakingThem) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  const std::string args = AddArgs(9);
+  Call call = pool->SubmitRawAndWait("faults.add", args, {}, absl::Seconds(5));
+  EXPECT_EQ(*call.Get(), 9);
+  EXPECT_EQ(args, AddArgs(9));
+}
+
 TEST(PoolTest, SubmitRawAndWaitSeesItsWorkerDie) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);

@@ -992,7 +992,13 @@ void PoolCore::HandleFrameUnchecked(const std::shared_ptr<Worker>& w,
                                             " does not speak protocol ",
                                             protocol::kProtocolVersion)),
                    deferred);
+        return;
       }
+      Log().debug("pool {} worker {}: Python {}, codec {}, small calls by "
+                  "the {} loop", options_.name, w->pid,
+                  StringField(*header, "python"),
+                  StringField(*header, "codec"),
+                  StringField(*header, "small_calls"));
       return;
     }
     case FrameType::kReady:
