@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -35,12 +36,43 @@ void PrintError(const absl::Status& status) {
   }
 }
 
+// The text of --json: the value itself, or with `@PATH` the file's
+// contents, with `-` standard input (arguments too large for a command
+// line, which the kernel limits to 128 KiB each).
+absl::StatusOr<std::string> JsonArgsText(const std::string& flag) {
+  if (flag != "-" && flag.rfind('@', 0) != 0) {
+    return flag;
+  }
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (flag != "-") {
+    file.open(flag.substr(1), std::ios::binary);
+    if (!file) {
+      return ReasonError(reason::kInvalidArgument,
+                         absl::StrCat("--json ", flag, ": cannot open ",
+                                      flag.substr(1)));
+    }
+    in = &file;
+  }
+  std::ostringstream text;
+  text << in->rdbuf();
+  if (in->bad()) {
+    return ReasonError(reason::kInvalidArgument,
+                       absl::StrCat("--json ", flag, ": read failed"));
+  }
+  return text.str();
+}
+
 // Builds the call's arguments from --json and -a. A -a value is read as
 // JSON when it parses (`-a n=5` is the number 5), else as a string.
 absl::StatusOr<Value> BuildArgs(const CallFlags& flags) {
   Value args = nullptr;
   if (!flags.json_args.empty()) {
-    absl::StatusOr<Value> parsed = ParseJson(flags.json_args);
+    absl::StatusOr<std::string> text = JsonArgsText(flags.json_args);
+    if (!text.ok()) {
+      return text.status();
+    }
+    absl::StatusOr<Value> parsed = ParseJson(*text);
     if (!parsed.ok()) {
       return ReasonError(reason::kInvalidArgument,
                          absl::StrCat("--json: ", parsed.status().message()));

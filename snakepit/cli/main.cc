@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
   AddPoolFlags(call_cmd, &call_pool);
   call_cmd->add_option("-j,--json", call.json_args,
                        "Arguments as JSON: an object (keywords) or an "
-                       "array (positional)");
+                       "array (positional); @FILE reads them from FILE, - "
+                       "from standard input");
   call_cmd->add_option("-a,--arg", call.assigns,
                        "One keyword argument, key=value; the value is read "
                        "as JSON when it parses, else as text (repeatable)");

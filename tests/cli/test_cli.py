@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import os
 import subprocess
+import tempfile
 import unittest
 
 BIN = os.environ.get("SNAKEPIT_BIN", "build/snakepit")
@@ -75,6 +78,30 @@ class CallTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         r = call("faults.add", "-a", "novalue")
         self.assertEqual(r.returncode, 1)
+
+    def test_json_arguments_from_a_file_or_standard_input(self) -> None:
+        # 3 MiB of bytes: far past what one command-line argument holds.
+        data = bytes(range(256)) * (3 << 12)
+        args = json.dumps({"data": {"$bytes": base64.b64encode(
+            data).decode()}})
+        want = {"len": len(data),
+                "sha256": hashlib.sha256(data).hexdigest()}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "args.json")
+            with open(path, "w") as f:
+                f.write(args)
+            r = call("faults.byte_len", "--json", "@" + path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout), want)
+            r = call("faults.byte_len", "--json", "@" + path + ".missing")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("error: invalid_argument: --json @", r.stderr)
+        r = subprocess.run([BIN, "call", "faults.byte_len", "--module",
+                            FAULTS, "--python", PY, "--json", "-"],
+                           input=args, capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout), want)
 
     def test_bad_flags_are_usage_errors(self) -> None:
         self.assertEqual(run("call").returncode, 1)
