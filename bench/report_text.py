@@ -279,8 +279,8 @@ def sessions(summary: dict, found_targets: List[dict]) -> List[str]:
         "`Get` of one session, and `Update` adding one to a msgpack",
         "counter variable (read, decode, encode, compare-and-swap). The",
         "sqlite store uses a fresh file in a temporary folder with its",
-        "default sync, FULL (an fsync per commit). Beside them the",
-        "issue's baselines: a `std::unordered_map<std::string,",
+        "default sync, FULL (an fsync per commit). Beside them two",
+        "baselines: a `std::unordered_map<std::string,",
         "std::string>` lookup among 1,000 entries, and a bare SQLite",
         "INSERT of a 100-byte row, each in its own transaction (sqlite3",
         "C API, WAL, synchronous=FULL, prepared statement). These run",
@@ -560,7 +560,8 @@ def header(meta: dict) -> List[str]:
             "**Placement.** *same CPU* pins the benchmark, its workers and "
             "servers to CPU 0 (`taskset -c 0`); *default* leaves "
             "placement to the scheduler. On this VM a wakeup across vCPUs "
-            "costs about 30 µs (`../shared/notes/performance-floor.md`), "
+            "costs about 30 µs (measured with a C++ echo pinned to one CPU "
+            "and then to the other), "
             "more than any framing, so a single-call figure under "
             "*default* depends on where the scheduler happened to put "
             "the two ends. The same-CPU figures are the ones that carry "
