@@ -125,7 +125,12 @@ def throughput(summary: dict) -> List[str]:
         "floor is raw echo workers driven the same way, one frame per",
         "worker at a time. The pipelined row queues 64 / N frames on",
         "every socket, which the Pool does not do, to show what that",
-        "would be worth. Cells: calls/s (× floor, in time per call).")
+        "would be worth. multiprocessing's `apply_async` pipelines too:",
+        "its task queue hands a worker its next task before the last",
+        "result is collected, so where each wakeup across CPUs costs",
+        "~30 µs (the default placement, one worker) it gets ahead of one",
+        "call per worker at a time. Cells: calls/s (× floor, in time per",
+        "call).")
     for placement in PLACEMENTS:
         found = cells(summary, placement, "throughput")
         if found:
