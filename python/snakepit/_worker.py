@@ -862,18 +862,17 @@ class Worker:
         """_send_exception for a call made by _snakepit_native, which has
         no frame of its own: arguments that do not bind raise before the
         function's frame exists, so their TypeError has no traceback."""
-        if isinstance(exc, TypeError) and exc.__traceback__ is None:
-            self._send_error(call_id, Reason.INVALID_ARGUMENT,
-                             _message_of(exc))
-            return
-        self._send_error(call_id, Reason.PYTHON_EXCEPTION, _message_of(exc),
-                         type=_type_name(exc),
-                         traceback=_format_traceback(exc))
+        self._send_exception(call_id, exc, binding=exc.__traceback__ is None)
 
-    def _send_exception(self, call_id: int, exc: BaseException) -> None:
-        tb = exc.__traceback__
-        if (isinstance(exc, TypeError) and tb is not None
-                and tb.tb_next is None):
+    def _send_exception(self, call_id: int, exc: BaseException,
+                        binding: Optional[bool] = None) -> None:
+        """Sends the ERROR for an exception of a call. `binding` tells
+        whether it was raised binding the arguments; by default, when its
+        traceback ends in the runner's own frame."""
+        if binding is None:
+            tb = exc.__traceback__
+            binding = tb is not None and tb.tb_next is None
+        if isinstance(exc, TypeError) and binding:
             self._send_error(call_id, Reason.INVALID_ARGUMENT,
                              _message_of(exc))
             return
