@@ -199,9 +199,10 @@ class Pool {
   // once. `on_submitted` (if set) runs with the call as soon as it is
   // submitted, to publish it (for a cancel from another thread, say); it
   // runs while the reply is kept for this thread, so it must return
-  // promptly and must not wait on the pool (Get, Shutdown). Then, when the call went to a worker at once, this thread waits for
-  // up to `wait` for it to end (a queued call has a wait ahead, and is
-  // not waited for). The worker's reply is this thread's to read from the
+  // promptly and must not wait on the pool (Get, Shutdown). Then, when
+  // the call went to a worker at once, this thread waits for up to `wait`
+  // for it to end (a queued call has a wait ahead, and is not waited
+  // for). The worker's reply is this thread's to read from the
   // moment the call is written, so a worker that answers before the wait
   // begins does not wake the pool's I/O thread first: a thread handoff
   // less per call where they share a CPU. Returns the call; Done() tells
