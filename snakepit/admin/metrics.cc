@@ -1,7 +1,10 @@
 #include "snakepit/admin/metrics.h"
 
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
-#include <set>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -89,14 +92,34 @@ void SyncCounters(Family<Counter>& family,
   }
 }
 
+// The series a call of one function is recorded in. The pointers stay
+// valid: these series are never removed.
+struct CallSeries {
+  std::string function;  // its label: the name or kOtherFunction
+  Histogram* duration = nullptr;
+  Histogram* queue_wait = nullptr;  // the pool's
+  std::map<std::string, Counter*, std::less<>> calls_by_code;
+};
+
+// One pool's call series: at most kMaxFunctionsPerPool functions by name,
+// then one for every other name.
+struct PoolSeries {
+  std::unordered_map<std::string, std::unique_ptr<CallSeries>> functions;
+  std::unique_ptr<CallSeries> other;
+};
+
 }  // namespace
 
 struct Metrics::Impl {
   explicit Impl(const std::string& version);
 
-  // The function label to record a call under; see kMaxFunctionsPerPool.
-  std::string FunctionLabel(const std::string& pool,
-                            const std::string& function);
+  // The series to record a call of `function` in, made on first use;
+  // see kMaxFunctionsPerPool. Caller holds series_mu.
+  CallSeries& SeriesLocked(const std::string& pool,
+                           const std::string& function);
+  // Makes the series for `function` (a label) of `pool`.
+  std::unique_ptr<CallSeries> MakeSeries(const std::string& pool,
+                                         const std::string& function);
   void SyncPools(const std::vector<PoolGauges>& gauges);
 
   // Fixed at construction. prometheus-cpp families and metrics are
@@ -111,9 +134,11 @@ struct Metrics::Impl {
   Family<Counter>& restarts;
   Family<Gauge>& pool_state;
 
-  // Guarded by functions_mu.
-  std::mutex functions_mu;
-  std::map<std::string, std::set<std::string>> functions_by_pool;
+  // Looking a series up in a family builds and hashes its label map
+  // under the family's lock, about 1.5 us for a call's three series;
+  // this cache makes it one hash lookup. Guarded by series_mu.
+  std::mutex series_mu;
+  std::map<std::string, PoolSeries, std::less<>> series;
 
   // Guarded by render_mu: the series Render() set, by label set.
   std::mutex render_mu;
@@ -161,18 +186,32 @@ Metrics::Impl::Impl(const std::string& version)
       .Set(1);
 }
 
-std::string Metrics::Impl::FunctionLabel(const std::string& pool,
-                                         const std::string& function) {
-  std::lock_guard<std::mutex> lock(functions_mu);
-  std::set<std::string>& known = functions_by_pool[pool];
-  if (known.count(function) != 0) {
-    return function;
+CallSeries& Metrics::Impl::SeriesLocked(const std::string& pool,
+                                        const std::string& function) {
+  PoolSeries& in_pool = series[pool];
+  auto it = in_pool.functions.find(function);
+  if (it != in_pool.functions.end()) {
+    return *it->second;
   }
-  if (known.size() >= kMaxFunctionsPerPool) {
-    return kOtherFunction;
+  if (in_pool.functions.size() < kMaxFunctionsPerPool) {
+    auto made = in_pool.functions.emplace(function,
+                                          MakeSeries(pool, function));
+    return *made.first->second;
   }
-  known.insert(function);
-  return function;
+  if (in_pool.other == nullptr) {
+    in_pool.other = MakeSeries(pool, kOtherFunction);
+  }
+  return *in_pool.other;
+}
+
+std::unique_ptr<CallSeries> Metrics::Impl::MakeSeries(
+    const std::string& pool, const std::string& function) {
+  auto made = std::make_unique<CallSeries>();
+  made->function = function;
+  made->duration =
+      &call_duration.Add({{"pool", pool}, {"function", function}}, Buckets());
+  made->queue_wait = &queue_wait.Add({{"pool", pool}}, Buckets());
+  return made;
 }
 
 void Metrics::Impl::SyncPools(const std::vector<PoolGauges>& gauges) {
@@ -206,13 +245,25 @@ Metrics::~Metrics() = default;
 void Metrics::RecordCall(const std::string& pool, const std::string& function,
                          const std::string& code, absl::Duration duration,
                          absl::Duration queue_wait) {
-  const std::string label = impl_->FunctionLabel(pool, function);
-  impl_->calls.Add({{"pool", pool}, {"function", label}, {"code", code}})
-      .Increment();
-  impl_->call_duration.Add({{"pool", pool}, {"function", label}}, Buckets())
-      .Observe(absl::ToDoubleSeconds(duration));
-  impl_->queue_wait.Add({{"pool", pool}}, Buckets())
-      .Observe(absl::ToDoubleSeconds(queue_wait));
+  Counter* calls = nullptr;
+  Histogram* durations = nullptr;
+  Histogram* waits = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(impl_->series_mu);
+    CallSeries& series = impl_->SeriesLocked(pool, function);
+    auto it = series.calls_by_code.find(code);
+    if (it == series.calls_by_code.end()) {
+      Counter* counter = &impl_->calls.Add(
+          {{"pool", pool}, {"function", series.function}, {"code", code}});
+      it = series.calls_by_code.emplace(code, counter).first;
+    }
+    calls = it->second;
+    durations = series.duration;
+    waits = series.queue_wait;
+  }
+  calls->Increment();
+  durations->Observe(absl::ToDoubleSeconds(duration));
+  waits->Observe(absl::ToDoubleSeconds(queue_wait));
 }
 
 std::string Metrics::Render(const std::vector<PoolGauges>& gauges) {
