@@ -254,13 +254,11 @@ namespace {
 // done (answered or cancelled). It deletes itself once the last two are
 // back; a pool thread reaches it only until it has called Finish.
 //
-// TODO(#6): a small call through the node still costs about 1.8x a bare
-// C++ gRPC echo over TCP and 1.6x over a unix socket on one CPU (1.3x is
-// the aim; docs/architecture.md has the measurements). What is left is
-// thread handoffs: the request is read by whichever service thread polls
-// gRPC and handed to the one that asked for it, and the other preempts
-// the worker to poll again, so the worker round trip costs about 20 us
-// here against 7.5 us in pool_bench alone.
+// TODO(#6): a small call through the node still costs about 1.7x a bare
+// C++ gRPC echo over TCP and 1.5x over a unix socket on one CPU (1.3x is
+// the aim). The worker round trip and the client's extra wakeup while
+// this thread waits for the worker add about 1.3x between them before
+// any of the pool's work; docs/architecture.md has the measurements.
 class UnaryCall {
  public:
   enum class Event { kArrived, kFinished, kDone };
