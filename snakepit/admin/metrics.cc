@@ -127,6 +127,7 @@ struct Metrics::Impl {
   const std::shared_ptr<prometheus::Registry> registry =
       std::make_shared<prometheus::Registry>();
   Family<Counter>& calls;
+  Family<Counter>& refused;
   Family<Histogram>& call_duration;
   Family<Histogram>& queue_wait;
   Family<Gauge>& queue_depth;
@@ -139,6 +140,7 @@ struct Metrics::Impl {
   // this cache makes it one hash lookup. Guarded by series_mu.
   std::mutex series_mu;
   std::map<std::string, PoolSeries, std::less<>> series;
+  std::map<std::pair<std::string, std::string>, Counter*> refused_series;
 
   // Guarded by render_mu: the series Render() set, by label set.
   std::mutex render_mu;
@@ -153,6 +155,11 @@ Metrics::Impl::Impl(const std::string& version)
                 .Name("snakepit_calls_total")
                 .Help("Calls finished, by pool, function and status code.")
                 .Register(*registry)),
+      refused(prometheus::BuildCounter()
+                  .Name("snakepit_calls_refused_total")
+                  .Help("Calls refused before they reached a pool, by "
+                        "status code and reason.")
+                  .Register(*registry)),
       call_duration(prometheus::BuildHistogram()
                         .Name("snakepit_call_duration_seconds")
                         .Help("Time from submit to result, queue included.")
@@ -264,6 +271,20 @@ void Metrics::RecordCall(const std::string& pool, const std::string& function,
   calls->Increment();
   durations->Observe(absl::ToDoubleSeconds(duration));
   waits->Observe(absl::ToDoubleSeconds(queue_wait));
+}
+
+void Metrics::RecordRefused(const std::string& code,
+                           const std::string& reason) {
+  Counter* counter = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(impl_->series_mu);
+    Counter*& found = impl_->refused_series[{code, reason}];
+    if (found == nullptr) {
+      found = &impl_->refused.Add({{"code", code}, {"reason", reason}});
+    }
+    counter = found;
+  }
+  counter->Increment();
 }
 
 std::string Metrics::Render(const std::vector<PoolGauges>& gauges) {

@@ -34,6 +34,11 @@ class Metrics {
                   const std::string& code, absl::Duration duration,
                   absl::Duration queue_wait);
 
+  // One call refused before it reached a pool (bad token, node draining,
+  // unknown pool or function, bad arguments): `reason` is the error's
+  // stable reason, so both labels come from small fixed sets.
+  void RecordRefused(const std::string& code, const std::string& reason);
+
   // Renders every metric in the Prometheus text format, with `gauges`
   // for the pools' current state. A pool, state or reason missing from
   // `gauges` drops out of the output, so list zero counts to keep a

@@ -37,6 +37,23 @@ TEST(MetricsTest, RendersBuildInfo) {
       << text;
 }
 
+TEST(MetricsTest, CountsRefusedCallsByCodeAndReason) {
+  Metrics metrics("test");
+  metrics.RecordRefused("NOT_FOUND", "unknown_pool");
+  metrics.RecordRefused("NOT_FOUND", "unknown_pool");
+  metrics.RecordRefused("UNAUTHENTICATED", "unauthenticated");
+  std::string text = metrics.Render({});
+  EXPECT_TRUE(Contains(text,
+                       "snakepit_calls_refused_total{code=\"NOT_FOUND\","
+                       "reason=\"unknown_pool\"} 2"))
+      << text;
+  EXPECT_TRUE(Contains(text,
+                       "snakepit_calls_refused_total{code=\"UNAUTHENTICATED\""
+                       ",reason=\"unauthenticated\"} 1"))
+      << text;
+  EXPECT_FALSE(Contains(text, "snakepit_calls_total{")) << text;
+}
+
 TEST(MetricsTest, CountsCallsByPoolFunctionAndCode) {
   Metrics metrics("test");
   for (int i = 0; i < 3; ++i) {

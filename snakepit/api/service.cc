@@ -133,14 +133,52 @@ struct CallLink {
   bool cancel_asked = false;
 };
 
+// Callers choose the names they call, so names a pool does not have are
+// counted under one label rather than one each.
+const std::string& FunctionLabel(const ServedPool& pool,
+                                 const std::string& function) {
+  static const std::string* const kUnknown = new std::string("_unknown");
+  return pool.functions.count(function) != 0 ? function : *kUnknown;
+}
+
+// Counts a call that reached a pool, ended with `status`.
 void RecordCall(const CallLink& link, const absl::Status& status,
                 const snakepit::Call& call) {
   if (link.node->metrics != nullptr && link.prepared.pool != nullptr) {
-    link.node->metrics->RecordCall(link.prepared.pool->name, link.function,
+    const ServedPool& pool = *link.prepared.pool;
+    link.node->metrics->RecordCall(pool.name,
+                                   FunctionLabel(pool, link.function),
                                    CodeName(status.code()),
                                    absl::Now() - link.start,
                                    call.QueueWait());
   }
+}
+
+// Counts a call that could not be submitted: a call when it was routed
+// to a pool, else a refusal (token, draining, route, arguments).
+void RecordNotSubmitted(const CallLink& link, const NodeState& node,
+                        const absl::Status& status) {
+  if (link.prepared.pool != nullptr) {
+    RecordCall(link, status, snakepit::Call::Failed(status));
+  } else if (node.metrics != nullptr) {
+    node.metrics->RecordRefused(CodeName(status.code()), ReasonOf(status));
+  }
+}
+
+// A client cancels its RPC when its deadline passes, a moment before the
+// node's copy of that deadline (taken when the request arrived) passes
+// too. A cancel this close to the deadline counts as the deadline.
+constexpr auto kDeadlineSlack = std::chrono::milliseconds(50);
+
+// The status an RPC that ended with `status` is counted under: gRPC's
+// cancel of an RPC at its deadline is a deadline.
+absl::Status CountedStatus(const absl::Status& status,
+                           const grpc::ServerContextBase& context) {
+  if (!absl::IsCancelled(status) ||
+      context.deadline() > std::chrono::system_clock::now() + kDeadlineSlack) {
+    return status;
+  }
+  return ReasonError(reason::kDeadlineExceeded, "deadline passed");
 }
 
 // Checks and submits the RPC's call, filling `link`. On failure the link
@@ -324,8 +362,11 @@ class UnaryCall {
       }
     }
     if (stopping) {
-      FinishRpc(MakeError(absl::StatusCode::kUnavailable, "node_draining",
-                          "this node is shutting down; call another"));
+      absl::Status refused =
+          MakeError(absl::StatusCode::kUnavailable, "node_draining",
+                    "this node is shutting down; call another");
+      RecordNotSubmitted(*link_, *node_, refused);
+      FinishRpc(refused);
       return;
     }
     // This thread reads the worker's reply itself when the function has
@@ -342,6 +383,7 @@ class UnaryCall {
     }
     if (!call.ok()) {
       AwaitNext();
+      RecordNotSubmitted(*link_, *node_, call.status());
       FinishRpc(call.status());
       return;
     }
@@ -382,13 +424,7 @@ class UnaryCall {
         raw.ok() ? FillPayload(std::move(*raw), link_->prepared.accept,
                                response_.mutable_result())
                  : raw.status();
-    // gRPC cancels an RPC whose deadline passed; that is a deadline.
-    absl::Status recorded = result;
-    if (absl::IsCancelled(result) &&
-        context_.deadline() <= std::chrono::system_clock::now()) {
-      recorded = ReasonError(reason::kDeadlineExceeded, "deadline passed");
-    }
-    RecordCall(*link_, recorded, call);
+    RecordCall(*link_, CountedStatus(result, context_), call);
     threads_->Learn(link_->function, absl::Now() - link_->start);
     FinishRpc(result);
   }
@@ -451,6 +487,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
     absl::StatusOr<snakepit::Call> call =
         StartCall(*link_, node, *context, *request);
     if (!call.ok()) {
+      RecordNotSubmitted(*link_, *node, call.status());
       FinishWith(this, context_, call.status());
       return;
     }
@@ -460,7 +497,6 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
       Enqueue(link, std::move(chunk));
     });
     call_.OnComplete([this, link, call = call_](const absl::Status& status) {
-      RecordCall(*link, status, call);
       // A plain function's result is its one chunk.
       if (status.ok() && !call.Streams()) {
         absl::StatusOr<std::string> result = call.GetRaw();
@@ -486,8 +522,10 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
       snakepit::Call call = call_;
       lock.unlock();
       call.Cancel();
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
-                          "the client stopped reading"));
+      absl::Status gone =
+          ReasonError(reason::kCancelled, "the client stopped reading");
+      RecordCall(*link_, CountedStatus(gone, *context_), call);
+      Finish(ToGrpcStatus(gone));
       return;
     }
     outbox_bytes_ -= outbox_.front().ByteSizeLong();
@@ -560,6 +598,9 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
       link_->finished = true;
       absl::Status final = final_;
       lock.unlock();
+      // Counted as the client is answered, so a failure of the stream
+      // itself (a chunk that cannot be sent, a slow reader) counts too.
+      RecordCall(*link_, CountedStatus(final, *context_), call_);
       FinishWith(this, context_, final);
     }
   }

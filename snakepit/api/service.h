@@ -17,6 +17,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,7 @@ inline constexpr char kJson[] = "application/json";
 struct ServedPool {
   std::string name;
   std::unique_ptr<Pool> pool;
+  std::set<std::string, std::less<>> functions;  // the pool's, by name
   std::vector<std::string> modules;
   std::string python;
 };

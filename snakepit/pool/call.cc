@@ -46,6 +46,7 @@ bool CallState::Finish(absl::Status final_status, std::string final_result,
       return false;
     }
     done = true;
+    finished = absl::Now();
     status = std::move(final_status);
     result = std::move(final_result);
     done_flag.store(true, std::memory_order_release);
@@ -239,10 +240,13 @@ bool Call::Streams() const {
 
 absl::Duration Call::QueueWait() const {
   std::lock_guard<std::mutex> lock(state_->mu);
-  if (state_->dispatched == absl::InfinitePast()) {
-    return absl::ZeroDuration();
+  if (state_->dispatched != absl::InfinitePast()) {
+    return state_->dispatched - state_->submitted;
   }
-  return state_->dispatched - state_->submitted;
+  if (state_->done) {
+    return state_->finished - state_->submitted;  // it never left the queue
+  }
+  return absl::ZeroDuration();
 }
 
 absl::StatusOr<std::optional<std::string>> Call::NextRaw() const {

@@ -72,7 +72,9 @@ class Call {
   // (Next, OnChunk). A plain function's output is its result.
   bool Streams() const;
 
-  // How long the call waited for a worker; zero until it was sent.
+  // How long the call waited for a worker: until one took it, or its
+  // whole life when it ended in the queue (cancelled, deadline, pool
+  // closed); zero while it is still queued.
   absl::Duration QueueWait() const;
 
   // Streams: waits for the next chunk a generator yields. nullopt once

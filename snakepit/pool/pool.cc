@@ -14,6 +14,11 @@
 #include "snakepit/pool/internal/pool_core.h"
 
 namespace snakepit {
+
+std::string DefaultPython() {
+  const char* env = std::getenv("SNAKEPIT_PYTHON");
+  return env != nullptr && *env != '\0' ? env : "python3";
+}
 namespace {
 
 absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
@@ -35,8 +40,7 @@ absl::StatusOr<worker::WorkerSpec> MakeSpec(const PoolOptions& options) {
   spec.pool = options.name;
   spec.python = options.python;
   if (spec.python.empty()) {
-    const char* env = std::getenv("SNAKEPIT_PYTHON");
-    spec.python = env && *env ? env : "python3";
+    spec.python = DefaultPython();
   }
   if (absl::Status s = worker::ResolveModules(options.modules, &spec.modules,
                                               &spec.search_paths);

@@ -30,6 +30,10 @@
 
 namespace snakepit {
 
+// The interpreter a pool runs when its options name none: the
+// SNAKEPIT_PYTHON environment variable, else "python3".
+std::string DefaultPython();
+
 struct PoolOptions {
   // Name used in logs and errors.
   std::string name = "default";

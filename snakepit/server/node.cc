@@ -217,9 +217,12 @@ absl::Status Node::StartPools() {
     served.name = config_.pools[i].name;
     served.pool = std::move(*started[i]);
     served.modules = config_.pools[i].modules;
-    served.python = config_.pools[i].python;
+    served.python = config_.pools[i].python.empty()
+                        ? DefaultPython()
+                        : config_.pools[i].python;
     for (const FunctionInfo& f : served.pool->Functions()) {
       state_.function_to_pool.try_emplace(f.name, i);
+      served.functions.insert(f.name);
     }
     state_.pools.push_back(std::move(served));
   }

@@ -369,6 +369,194 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(durable.stop(), 0)
 
 
+class MetricsTest(unittest.TestCase):
+    """What snakepit_calls_total and its companions count, call by call."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.node = Node(workers=2)
+        cls.client = python_client.Client(cls.node.addr)
+        cls.channel = grpc.insecure_channel(cls.node.addr)
+        service = "/snakepit.v1.Snakepit/"
+        cls.call = cls.channel.unary_unary(
+            service + "Call",
+            request_serializer=python_client.pb.CallRequest.SerializeToString,
+            response_deserializer=python_client.pb.CallResponse.FromString)
+        cls.stream = cls.channel.unary_stream(
+            service + "CallStream",
+            request_serializer=python_client.pb.CallRequest.SerializeToString,
+            response_deserializer=python_client.pb.CallChunk.FromString)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.client.close()
+        cls.channel.close()
+        code = cls.node.stop()
+        if code != 0:
+            raise AssertionError(f"node exited {code}:\n{cls.node.logs()}")
+
+    def scrape(self) -> str:
+        status, text = self.node.http("/metrics")
+        self.assertEqual(status, 200)
+        return text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+        total = 0.0
+        for family in text_string_to_metric_families(self.scrape()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def await_metric(self, want: float, name: str, **labels: str) -> None:
+        """Waits up to 10 s for the metric to reach `want`: a call is
+        counted when the node has finished it, which may be just after
+        its client gave up."""
+        deadline = time.monotonic() + 10
+        while self.metric(name, **labels) < want:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(self.metric(name, **labels), want, labels)
+
+    def request(self, function: str, args: object = None,
+                pool: str = "") -> object:
+        data = b"" if args is None else json.dumps(args).encode()
+        return python_client.pb.CallRequest(
+            function=function, pool=pool,
+            args=python_client.pb.Payload(content_type="application/json",
+                                          data=data))
+
+    def test_names_the_pool_lacks_count_under_one_label(self) -> None:
+        calls = "snakepit_calls_total"
+        unknown = self.metric(calls, function="_unknown", code="NOT_FOUND")
+        ok = self.metric(calls, function="faults.add", code="OK")
+        size = len(self.scrape())
+        names = [f"typo{i}" for i in range(300)] + ["", "x" * 100_000]
+        for name in names:
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.call(self.request(name, pool="default"), timeout=30)
+            self.assertEqual(caught.exception.code(),
+                             grpc.StatusCode.NOT_FOUND)
+        for i in range(3):
+            self.client.call("faults.add", {"a": i})
+
+        self.await_metric(unknown + len(names), calls, function="_unknown",
+                          code="NOT_FOUND")
+        self.assertEqual(self.metric(calls, function="faults.add",
+                                     code="OK"), ok + 3)
+        text = self.scrape()
+        self.assertNotIn("typo", text)
+        self.assertLess(len(text), size + 4096)
+
+    def test_calls_refused_before_a_pool_are_counted(self) -> None:
+        refused = "snakepit_calls_refused_total"
+        cases = [
+            (self.request("faults.nope"), grpc.StatusCode.NOT_FOUND,
+             "unknown_function"),
+            (self.request("faults.add", pool="nope"),
+             grpc.StatusCode.NOT_FOUND, "unknown_pool"),
+            (python_client.pb.CallRequest(
+                function="faults.add",
+                args=python_client.pb.Payload(
+                    content_type="application/json", data=b"{")),
+             grpc.StatusCode.INVALID_ARGUMENT, None),
+        ]
+        for request, code, reason in cases:
+            labels = {"code": code.name}
+            if reason is not None:
+                labels["reason"] = reason
+            before = self.metric(refused, **labels)
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.call(request, timeout=30)
+            self.assertEqual(caught.exception.code(), code)
+            self.assertEqual(self.metric(refused, **labels), before + 1,
+                             labels)
+
+    def test_deadlines_count_as_deadlines_and_cancels_as_cancels(
+            self) -> None:
+        calls = "snakepit_calls_total"
+        late = {"function": "faults.sleep", "code": "DEADLINE_EXCEEDED"}
+        late_stream = {"function": "faults.ticker",
+                       "code": "DEADLINE_EXCEEDED"}
+        cancelled = {"function": "faults.ticker", "code": "CANCELLED"}
+        before = [self.metric(calls, **late),
+                  self.metric(calls, **late_stream),
+                  self.metric(calls, **cancelled)]
+        for _ in range(4):
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.call(self.request("faults.sleep", [2]), timeout=0.3)
+            self.assertEqual(caught.exception.code(),
+                             grpc.StatusCode.DEADLINE_EXCEEDED)
+        for _ in range(2):
+            chunks = self.stream(self.request("faults.ticker", [50, 0.05]),
+                                 timeout=0.4)
+            with self.assertRaises(grpc.RpcError) as caught:
+                list(chunks)
+            self.assertEqual(caught.exception.code(),
+                             grpc.StatusCode.DEADLINE_EXCEEDED)
+        chunks = self.stream(self.request("faults.ticker", [50, 0.05]),
+                             timeout=30)
+        next(chunks)
+        chunks.cancel()
+
+        self.await_metric(before[0] + 4, calls, **late)
+        self.await_metric(before[1] + 2, calls, **late_stream)
+        self.await_metric(before[2] + 1, calls, **cancelled)
+
+    def test_a_stream_counts_the_status_its_client_gets(self) -> None:
+        calls = "snakepit_calls_total"
+        labels = {"function": "faults.deep", "code": "INVALID_ARGUMENT"}
+        ok = self.metric(calls, function="faults.deep", code="OK")
+        before = self.metric(calls, **labels)
+        chunks = self.stream(self.request("faults.deep", [300]), timeout=30)
+        with self.assertRaises(grpc.RpcError) as caught:
+            list(chunks)
+        self.assertEqual(caught.exception.code(),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+
+        self.await_metric(before + 1, calls, **labels)
+        self.assertEqual(self.metric(calls, function="faults.deep",
+                                     code="OK"), ok)
+
+
+class QueueWaitMetricTest(unittest.TestCase):
+    def test_a_call_that_expires_in_the_queue_counts_its_wait(self) -> None:
+        node = Node(workers=1)
+        try:
+            client = python_client.Client(node.addr)
+            busy = subprocess.Popen(
+                [CLI, "call", "faults.sleep", "--addr", node.addr,
+                 "--json", "[1.5]"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            time.sleep(0.3)  # the one worker is taken
+
+            def waited() -> float:
+                total = 0.0
+                for line in node.http("/metrics")[1].splitlines():
+                    if line.startswith("snakepit_queue_wait_seconds_sum"):
+                        total += float(line.split()[-1])
+                return total
+
+            before = waited()
+            with self.assertRaises(python_client.SnakepitError) as caught:
+                client.call("faults.add", {"a": 1}, timeout=0.5)
+            self.assertEqual(caught.exception.code,
+                             grpc.StatusCode.DEADLINE_EXCEEDED)
+            deadline = time.monotonic() + 10
+            while waited() - before < 0.3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertGreaterEqual(waited() - before, 0.3)
+            self.assertEqual(busy.wait(timeout=30), 0)
+            client.close()
+        finally:
+            logs = node.logs()
+            self.assertEqual(node.stop(), 0, logs)
+
+
 class AuthTest(unittest.TestCase):
     def test_without_the_token_no_worker_sees_the_call(self) -> None:
         node = Node("--token", "s3cret", workers=1)
@@ -391,6 +579,9 @@ class AuthTest(unittest.TestCase):
             self.assertEqual(authorised.call("faults.touch",
                                              {"path": marker}), marker)
             self.assertTrue(os.path.exists(marker))
+            text = node.http("/metrics")[1]
+            self.assertIn('snakepit_calls_refused_total{code="UNAUTHENTICATED"'
+                          ',reason="unauthenticated"} 3', text)
         finally:
             self.assertEqual(node.stop(), 0)
 

@@ -54,6 +54,7 @@ struct CallState {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
+  absl::Time finished = absl::InfinitePast();  // when done was set
   absl::Status status;
   std::string result;               // msgpack, when done and OK
   bool result_taken = false;        // Next() returned the result
