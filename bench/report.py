@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 
 import report_plots
 import report_text
@@ -90,6 +91,13 @@ def write(meta: dict, rounds: dict, json_path: str, md_path: str) -> None:
     plots = report_plots.plots(summary, out_dir)
     with open(md_path, "w") as f:
         f.write(report_text.markdown(meta, summary, targets, plots))
+    # The verdicts on the terminal too, so that a run need not be opened
+    # to see which targets it met.
+    for t in targets:
+        mark = {True: "met", False: "MISSED", None: "not measured"}[
+            t.get("met")]
+        print(f"bench: target {mark}: {t['target']}: {t['verdict']}",
+              file=sys.stderr)
 
 
 def main() -> None:
