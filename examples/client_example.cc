@@ -44,6 +44,12 @@ int main(int argc, char** argv) {
   if (!result.ok()) {
     std::fprintf(stderr, "%s\n",
                  snakepit::DescribeError(result.status()).c_str());
+    // A Python exception brings its traceback along.
+    snakepit::PythonDetails python =
+        snakepit::PythonDetailsOf(result.status());
+    if (!python.traceback.empty()) {
+      std::fprintf(stderr, "%s", python.traceback.c_str());
+    }
     return 3;
   }
   std::printf("%s\n", snakepit::ToJson(*result).c_str());

@@ -264,6 +264,14 @@ class ServingTest(unittest.TestCase):
 
         self.assertEqual(self.client.call("faults.add", {"a": 2, "b": 3}), 5)
 
+    def test_cpp_client_shows_the_python_traceback(self) -> None:
+        r = subprocess.run([CPP_CLIENT, self.node.addr,
+                            "faults.raise_two_arg"], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("Traceback (most recent call last)", r.stderr)
+        self.assertIn("raise_two_arg", r.stderr)
+
     def test_metrics_parse_and_count_calls(self) -> None:
         from prometheus_client.parser import text_string_to_metric_families
 
