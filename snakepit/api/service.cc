@@ -141,16 +141,15 @@ const std::string& FunctionLabel(const ServedPool& pool,
   return pool.functions.count(function) != 0 ? function : *kUnknown;
 }
 
-// Counts a call that reached a pool, ended with `status`.
+// Counts a call that reached a pool, ended at `end` with `status`.
 void RecordCall(const CallLink& link, const absl::Status& status,
-                const snakepit::Call& call) {
+                const snakepit::Call& call, absl::Time end = absl::Now()) {
   if (link.node->metrics != nullptr && link.prepared.pool != nullptr) {
     const ServedPool& pool = *link.prepared.pool;
     link.node->metrics->RecordCall(pool.name,
                                    FunctionLabel(pool, link.function),
                                    CodeName(status.code()),
-                                   absl::Now() - link.start,
-                                   call.QueueWait());
+                                   end - link.start, call.QueueWait());
   }
 }
 
@@ -170,13 +169,32 @@ void RecordNotSubmitted(const CallLink& link, const NodeState& node,
 // too. A cancel this close to the deadline counts as the deadline.
 constexpr auto kDeadlineSlack = std::chrono::milliseconds(50);
 
-// The status an RPC that ended with `status` is counted under: gRPC's
-// cancel of an RPC at its deadline is a deadline.
-absl::Status CountedStatus(const absl::Status& status,
+// What a call's RPC answered, kept until the RPC is done and can be
+// counted (CountedStatus).
+struct Answer {
+  absl::Status status;
+  snakepit::Call call = snakepit::Call::Failed(absl::OkStatus());
+  absl::Time end = absl::Now();  // when the pool's call ended
+  std::chrono::system_clock::time_point sent =
+      std::chrono::system_clock::now();
+};
+
+// The status a finished RPC is counted under: what its client got. That
+// is the answer, unless the RPC was cancelled before the answer went out
+// (IsCancelled, final only once the RPC is done: its done tag back, or
+// OnDone) or the answer went out after the deadline, when the client
+// had already given up. A cancel at the deadline, by gRPC or by the
+// client, is a deadline.
+absl::Status CountedStatus(const Answer& answer,
                            const grpc::ServerContextBase& context) {
-  if (!absl::IsCancelled(status) ||
-      context.deadline() > std::chrono::system_clock::now() + kDeadlineSlack) {
-    return status;
+  auto deadline = context.deadline();
+  if (!context.IsCancelled()) {
+    return answer.sent < deadline
+               ? answer.status
+               : ReasonError(reason::kDeadlineExceeded, "deadline passed");
+  }
+  if (deadline > std::chrono::system_clock::now() + kDeadlineSlack) {
+    return ReasonError(reason::kCancelled, "cancelled by the client");
   }
   return ReasonError(reason::kDeadlineExceeded, "deadline passed");
 }
@@ -424,8 +442,8 @@ class UnaryCall {
         raw.ok() ? FillPayload(std::move(*raw), link_->prepared.accept,
                                response_.mutable_result())
                  : raw.status();
-    RecordCall(*link_, CountedStatus(result, context_), call);
-    threads_->Learn(link_->function, absl::Now() - link_->start);
+    answer_ = Answer{result, call};
+    threads_->Learn(link_->function, answer_->end - link_->start);
     FinishRpc(result);
   }
 
@@ -451,10 +469,17 @@ class UnaryCall {
     threads->none_live.notify_all();
   }
 
+  // The last of the two tags counts the call, now that IsCancelled is
+  // final, and deletes the RPC.
   void Release() {
-    if (tags_out_.fetch_sub(1) == 1) {
-      delete this;
+    if (tags_out_.fetch_sub(1) != 1) {
+      return;
     }
+    if (answer_) {
+      RecordCall(*link_, CountedStatus(*answer_, context_), answer_->call,
+                 answer_->end);
+    }
+    delete this;
   }
 
   Service* const service_;
@@ -470,6 +495,7 @@ class UnaryCall {
   Tag done_{this, Event::kDone};
   std::optional<InFlight> in_flight_;  // from arrival on
   const std::shared_ptr<CallLink> link_ = std::make_shared<CallLink>();
+  std::optional<Answer> answer_;  // set before Finish, once answered
   std::atomic<int> tags_out_{2};  // kFinished and kDone
 };
 
@@ -524,7 +550,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
       call.Cancel();
       absl::Status gone =
           ReasonError(reason::kCancelled, "the client stopped reading");
-      RecordCall(*link_, CountedStatus(gone, *context_), call);
+      answer_ = Answer{gone, call};
       Finish(ToGrpcStatus(gone));
       return;
     }
@@ -535,7 +561,14 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
 
   void OnCancel() override { call_.Cancel(); }
 
-  void OnDone() override { delete this; }
+  // Counts the call as its client got it (see CountedStatus).
+  void OnDone() override {
+    if (answer_) {
+      RecordCall(*link_, CountedStatus(*answer_, *context_),
+                 answer_->call, answer_->end);
+    }
+    delete this;
+  }
 
  private:
   void Enqueue(const std::shared_ptr<CallLink>& link, std::string msgpack) {
@@ -598,9 +631,10 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
       link_->finished = true;
       absl::Status final = final_;
       lock.unlock();
-      // Counted as the client is answered, so a failure of the stream
-      // itself (a chunk that cannot be sent, a slow reader) counts too.
-      RecordCall(*link_, CountedStatus(final, *context_), call_);
+      // Counted in OnDone as what the client got, so a failure of the
+      // stream itself (a chunk that cannot be sent, a slow reader)
+      // counts too.
+      answer_ = Answer{final, call_};
       FinishWith(this, context_, final);
     }
   }
@@ -616,6 +650,8 @@ class StreamCall : public grpc::ServerWriteReactor<v1::CallChunk> {
   bool writing_ = false;
   bool ended_ = false;
   absl::Status final_;
+
+  std::optional<Answer> answer_;  // set once, before Finish
 };
 
 }  // namespace

@@ -515,6 +515,63 @@ class MetricsTest(unittest.TestCase):
         self.await_metric(before[1] + 2, calls, **late_stream)
         self.await_metric(before[2] + 1, calls, **cancelled)
 
+    def codes(self, function: str) -> dict:
+        """snakepit_calls_total of `function`, by code."""
+        from prometheus_client.parser import text_string_to_metric_families
+        found: dict = {}
+        for family in text_string_to_metric_families(self.scrape()):
+            for sample in family.samples:
+                if (sample.name == "snakepit_calls_total"
+                        and sample.labels.get("function") == function):
+                    code = sample.labels["code"]
+                    found[code] = found.get(code, 0) + sample.value
+        return found
+
+    def await_codes(self, function: str, before: dict, want: dict) -> None:
+        """Waits up to 10 s for `function`'s counts to grow by `want`."""
+        def grown() -> dict:
+            now = self.codes(function)
+            return {k: now[k] - before.get(k, 0) for k in now
+                    if now[k] != before.get(k, 0)}
+        deadline = time.monotonic() + 10
+        while grown() != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(grown(), want)
+
+    def test_a_cancel_while_the_node_reads_the_reply_counts_once(
+            self) -> None:
+        # Quick calls: the node's thread then reads the worker's reply
+        # itself, and the client's cancel reaches the node meanwhile.
+        for _ in range(5):
+            self.call(self.request("faults.sleep", [0.001]), timeout=30)
+        before = self.codes("faults.sleep")
+        client: dict = {}
+        for _ in range(30):
+            future = self.call.future(self.request("faults.sleep", [0.003]),
+                                      timeout=30)
+            time.sleep(0.001)
+            future.cancel()
+            try:
+                future.result()
+                code = "OK"
+            except grpc.FutureCancelledError:
+                code = "CANCELLED"
+            except grpc.RpcError as error:
+                code = error.code().name
+            client[code] = client.get(code, 0) + 1
+        self.await_codes("faults.sleep", before, client)
+
+    def test_an_answer_after_the_deadline_counts_as_the_deadline(
+            self) -> None:
+        before = self.codes("faults.sleep")
+        for _ in range(20):
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.call(self.request("faults.sleep", [0.027]),
+                          timeout=0.025)
+            self.assertEqual(caught.exception.code(),
+                             grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.await_codes("faults.sleep", before, {"DEADLINE_EXCEEDED": 20})
+
     def test_a_stream_counts_the_status_its_client_gets(self) -> None:
         calls = "snakepit_calls_total"
         labels = {"function": "faults.deep", "code": "INVALID_ARGUMENT"}

@@ -407,6 +407,33 @@ TEST(PoolTest, SubmitRawAndWaitEndsWhenThePoolShutsDown) {
   EXPECT_LT(SecondsSince(start), 10.0);
 }
 
+// Queued calls cannot run once the pool closes; their callers hear so
+// at once, not after the drain waits for the running calls.
+TEST(PoolTest, ShutdownFailsQueuedCallsBeforeTheDrain) {
+  auto pool = StartPool(1);
+  ASSERT_TRUE(pool);
+  Call running = pool->Submit("faults.sleep", Value{{"seconds", 3.0}});
+  absl::SleepFor(absl::Milliseconds(200));  // the one worker took it
+  Call queued = pool->Submit("faults.add", Value{{"a", 1}});
+  std::atomic<bool> heard{false};
+  std::atomic<bool> running_done_then{true};
+  queued.OnComplete([&](const absl::Status&) {
+    running_done_then = running.Done();
+    heard = true;
+  });
+  std::thread shutdown([&] { pool->Shutdown(absl::Seconds(30)); });
+  absl::Time start = absl::Now();
+  while (!heard.load() && absl::Now() - start < absl::Seconds(20)) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  shutdown.join();
+
+  EXPECT_TRUE(heard.load());
+  EXPECT_FALSE(running_done_then.load());
+  EXPECT_EQ(ReasonOf(queued.Get().status()), "pool_closed");
+  EXPECT_TRUE(running.Get().ok());  // the drain let it finish
+}
+
 TEST(PoolTest, SubmitRawAndWaitKeepsTheDeadline) {
   auto pool = StartPool(1);
   ASSERT_TRUE(pool);

@@ -1750,18 +1750,26 @@ void PoolCore::CheckLivenessLocked(Worker& w, absl::Time now) {
 
 void PoolCore::Shutdown(absl::Duration drain, absl::Duration grace) {
   std::call_once(shutdown_once_, [&] {
-    Deferred deferred;
+    // Queued calls fail at once, and their callers hear so before the
+    // drain: they can go elsewhere rather than wait for running calls.
+    Deferred queued;
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       closed_ = true;
       absl::Status closed = ReasonError(
           reason::kPoolClosed,
           absl::StrCat("pool ", options_.name, " shut down before the call "
                                                "ran"));
       for (auto& call : queue_) {
-        call->Finish(closed, "", &deferred);
+        call->Finish(closed, "", &queued);
       }
       queue_.clear();
+    }
+    RunDeferred(queued);
+
+    Deferred deferred;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
       // Drained once no worker runs a call anyone waits for (abandoned
       // calls and recycling workers included).
       auto idle = [&] {
