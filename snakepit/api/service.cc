@@ -310,7 +310,7 @@ namespace {
 // done (answered or cancelled). It deletes itself once the last two are
 // back; a pool thread reaches it only until it has called Finish.
 //
-// TODO(#6): a small call through the node still costs about 1.7x a bare
+// TODO(#6): a small call through the node still costs about 1.6x a bare
 // C++ gRPC echo over TCP and 1.5x over a unix socket on one CPU (1.3x is
 // the aim). The worker round trip and the client's extra wakeup while
 // this thread waits for the worker add about 1.3x between them before
