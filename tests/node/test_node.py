@@ -408,16 +408,18 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(status, 200)
         return text
 
+    def samples(self, name: str, **labels: str) -> list:
+        """The scraped samples of `name` whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
+        return [sample
+                for family in text_string_to_metric_families(self.scrape())
+                for sample in family.samples
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items())]
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
-        from prometheus_client.parser import text_string_to_metric_families
-        total = 0.0
-        for family in text_string_to_metric_families(self.scrape()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                        sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return sum(sample.value for sample in self.samples(name, **labels))
 
     def await_metric(self, want: float, name: str, **labels: str) -> None:
         """Waits up to 10 s for the metric to reach `want`: a call is
@@ -517,14 +519,11 @@ class MetricsTest(unittest.TestCase):
 
     def codes(self, function: str) -> dict:
         """snakepit_calls_total of `function`, by code."""
-        from prometheus_client.parser import text_string_to_metric_families
         found: dict = {}
-        for family in text_string_to_metric_families(self.scrape()):
-            for sample in family.samples:
-                if (sample.name == "snakepit_calls_total"
-                        and sample.labels.get("function") == function):
-                    code = sample.labels["code"]
-                    found[code] = found.get(code, 0) + sample.value
+        for sample in self.samples("snakepit_calls_total",
+                                   function=function):
+            code = sample.labels["code"]
+            found[code] = found.get(code, 0) + sample.value
         return found
 
     def await_codes(self, function: str, before: dict, want: dict) -> None:
